@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Anything a user can cause (a typo in a task name, a missing data set, a bad checkpoint) raises
+:class:`UserError`. The CLI prints its message as one line on stderr and exits with status 2,
+without a traceback. Messages should name the fix ("... run `lmconv-bench data` to see ...").
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """An error caused by user input; printed as one line, exit status 2."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def unknown(kind: str, value: str, choices: Iterable[str], where: str = "") -> UserError:
+    """Build the standard 'unknown X' error, listing the allowed values and a suggestion."""
+    choices = sorted(str(c) for c in choices)
+    loc = f" in {where}" if where else ""
+    return UserError(
+        f"unknown {kind} {value!r}{loc}{did_you_mean(value, choices)}; allowed: {', '.join(choices)}"
+    )

@@ -1,0 +1,59 @@
+"""Atomic file writes and output-path checks.
+
+Every file the benchmark writes goes through :func:`atomic_write_bytes` (or the text/JSON
+wrappers): data land in a temporary file in the same directory, are flushed and fsynced, then
+``os.replace``-d over the target. A crash leaves either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def check_writable(path: str | Path, is_dir: bool = False) -> Path:
+    """Raise UserError unless ``path`` (a file, or a directory if ``is_dir``) can be written.
+
+    Creates missing parent directories. Nothing existing is modified.
+    """
+    path = Path(path)
+    target_dir = path if is_dir else path.parent
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create directory {target_dir} ({e.strerror}); choose another --out") from None
+    if not os.access(target_dir, os.W_OK | os.X_OK):
+        raise UserError(f"directory {target_dir} is not writable; choose another --out")
+    if not is_dir and path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"file {path} is not writable; choose another path")
+    return path
