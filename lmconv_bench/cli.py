@@ -199,7 +199,7 @@ def run_cmd(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N image ids (overrides the profile's image count).")] = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma list of metrics: test_bpd, cond_nll_bpd, lpips, fid, kid (default: the task's).")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Completions per image (K).")] = 1,
-    sampler: Annotated[str, typer.Option("--sampler", help="Completion sampler: cached (fast, exact) or naive (one full pass per pixel).")] = "cached",
+    sampler: Annotated[str, typer.Option("--sampler", help="Completion sampler: naive (one full network pass per missing pixel).")] = "naive",
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (1 = the model's distribution).")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Global seed; masks and samples are seeded per image id, order and sample.")] = 0,
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/runs/RUN_ID). Rerunning with the same arguments resumes.")] = None,

@@ -1,0 +1,93 @@
+"""PNG figures of a report: completion grids and conditional NLL per order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _to_rgb(x: np.ndarray, n_bits: int) -> np.ndarray:
+    """uint8 [N, C, H, W] with values 0..2^n-1 → float [N, H, W, 3] in [0, 1]."""
+    x = x.astype(np.float64) / (2**n_bits - 1)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    return x.transpose(0, 2, 3, 1)
+
+
+def _masked(truth: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Observed pixels as they are, missing ones in mid grey with a red tint."""
+    out = truth.copy()
+    out[missing] = np.array([0.8, 0.35, 0.35])
+    return out
+
+
+def completion_grids(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """One PNG per task: ground truth, masked input, then one row per model/order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_task: dict[str, list[dict]] = {}
+    for rd in run_dirs:
+        for f in sorted((Path(rd) / "examples").glob("*.npz")):
+            with np.load(f) as z:
+                by_task.setdefault(str(z["task"]), []).append({k: z[k] for k in z.files})
+    written = []
+    for task, items in sorted(by_task.items()):
+        items = sorted(items, key=lambda d: (not str(d["label"]).startswith("pixelcnnpp"), str(d["label"])))
+        first = items[0]
+        n_bits = int(first["n_bits"])
+        truth = _to_rgb(first["truth"], n_bits)
+        rows = [("ground truth", truth), ("masked input", _masked(truth, first["missing"].astype(bool)))]
+        rows += [(str(d["label"]), _to_rgb(d["completion"], n_bits)) for d in items[:14]]
+        n = truth.shape[0]
+        fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.6, 1.1 * len(rows)), squeeze=False)
+        for i, (name, imgs) in enumerate(rows):
+            for j in range(n):
+                ax = axes[i, j]
+                ax.imshow(imgs[j], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+        fig.suptitle(f"{task}: completions (sample 0)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"completions_{task}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def nll_per_order_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Conditional NLL (bits/dim, ± stderr) per order, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = df[df["metric"] == "cond_nll_bpd"]
+    if d.empty:
+        return None
+    tasks = sorted(d["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4, 0.25 * d["order"].nunique() + 2) * len(tasks), 3.6),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        g = d[d["task"] == task].drop_duplicates(["model", "order"])
+        labels = [f"{m} {o}" for m, o in zip(g["model"], g["order"])]
+        colors = ["tab:orange" if m != "lmconv" else "tab:blue" for m in g["model"]]
+        ax.bar(range(len(g)), g["value"], yerr=g["stderr"].fillna(0), color=colors)
+        ax.set_xticks(range(len(g)))
+        ax.set_xticklabels(labels, rotation=90, fontsize=6)
+        ax.set_ylabel("cond. NLL (bits/dim)")
+        ax.set_title(task, fontsize=9)
+        lo = float((g["value"] - g["stderr"].fillna(0)).min())
+        ax.set_ylim(bottom=max(0.0, lo * 0.9))
+    fig.tight_layout()
+    path = out_dir / "cond_nll_per_order.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

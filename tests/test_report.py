@@ -1,0 +1,98 @@
+"""Report tables from synthetic tidy records: escaping, bold best, markers, formats, comparisons."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lmconv_bench.errors import UserError
+from lmconv_bench.records import PER_IMAGE_COLUMNS, RECORD_COLUMNS, RunDir
+from lmconv_bench.report import comparisons_for_run, write_report
+
+
+def _row(**kw):
+    base = dict(run_id="r_1", task="mnist_top_half", task_version=1, dataset="mnist", split="test",
+                profile="quick", model="lmconv", preset="tiny", checkpoint_sha256="ab" * 32, order="s_curve/0",
+                order_trained=True, metric="cond_nll_bpd", value=1.0, unit="bits/dim", n=10, stderr=0.1,
+                ci_low=0.8, ci_high=1.2, context="all_observed", seed=0)
+    base.update(kw)
+    return base
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    rd = RunDir(tmp_path / "run", {"x": 1}).open({"command": "test"})
+    rng = np.random.default_rng(0)
+    ids = [str(i) for i in range(12)]
+    arms = [("lmconv", "s_curve/0", True, 1.0), ("lmconv", "hilbert/0", False, 1.3), ("pixelcnnpp", "raster/0", True, 1.6)]
+    for model, order, trained, level in arms:
+        vals = level + 0.05 * rng.standard_normal(len(ids))
+        ctx = "preceding_only" if model == "pixelcnnpp" else "all_observed"
+        rows = [_row(model=model, order=order, order_trained=trained, value=vals.mean(), context=ctx),
+                _row(model=model, order=order, order_trained=trained, metric="test_bpd", value=level - 0.5,
+                     context="unconditional"),
+                _row(model=model, order=order, order_trained=trained, metric="fid", unit="fid", value=level * 10,
+                     stderr=float("nan"))]
+        per = [dict(run_id="r_1", task="mnist_top_half", model=model, checkpoint_sha256="ab" * 32, order=order,
+                    metric="cond_nll_bpd", image_id=i, sample=0, value=v) for i, v in zip(ids, vals)]
+        rd.save_cell(f"{model}-{order.replace('/', '-')}", rows, per)
+    rd.rebuild(comparisons=comparisons_for_run(rd.path))
+    return rd.path
+
+
+def test_records_are_tidy_and_complete(run_dir):
+    df = pd.read_csv(run_dir / "records.csv")
+    assert list(df.columns) == list(RECORD_COLUMNS) and len(df) == 9
+    per = pd.read_csv(run_dir / "per_image.csv")
+    assert list(per.columns) == list(PER_IMAGE_COLUMNS) and len(per) == 36
+
+
+def test_comparisons_use_paired_wilcoxon_against_baseline(run_dir):
+    comp = pd.read_csv(run_dir / "comparisons.csv")
+    assert set(comp["model_b"]) == {"pixelcnnpp"} and len(comp) == 2
+    # lmconv s_curve is lower on every image: Wilcoxon two-sided exact p for n=12 is 2/4096
+    row = comp[comp["order_a"] == "s_curve/0"].iloc[0]
+    assert row["n"] == 12 and row["p_value"] == pytest.approx(2 / 2**12, rel=1e-6)
+
+
+def test_latex_tables_escape_everything_and_bold_the_best(run_dir, tmp_path):
+    out = write_report([str(run_dir)], "latex", str(tmp_path / "rep"))
+    task = (out / "task_mnist_top_half.tex").read_text()
+    for f in out.glob("*.tex"):
+        text = f.read_text()
+        assert not re.search(r"(?<!\\)_", text), f"unescaped underscore in {f.name}"
+        assert "\\toprule" in text and "\\bottomrule" in text
+    assert "(untrained)" in task and "not comparable to published" in task
+    bold = re.findall(r"\\textbf\{([^}]*)\}", task)
+    assert len(bold) == 2  # best cond_nll and best fid
+    assert any(b.startswith("1.0") and "$\\pm$" in b for b in bold)
+    assert (out / "comparisons.tex").exists() and (out / "test_bpd.tex").exists()
+    assert (out / "cond_nll_per_order.png").stat().st_size > 1000
+
+
+def test_markdown_and_csv_formats(run_dir, tmp_path):
+    md = write_report([str(run_dir)], "markdown", str(tmp_path / "md"))
+    text = (md / "test_bpd.md").read_text()
+    assert "| lmconv s_curve/0 | **0.500 ± 0.100** |" in text
+    csv = write_report([str(run_dir)], "csv", str(tmp_path / "csv"))
+    assert len(pd.read_csv(csv / "task_mnist_top_half.csv")) == 6
+
+
+def test_report_refuses_bad_input(tmp_path, run_dir):
+    with pytest.raises(UserError, match="records.csv"):
+        write_report([str(tmp_path)], "latex", str(tmp_path / "o"))
+    with pytest.raises(UserError, match="did you mean"):
+        write_report([str(run_dir)], "latx", str(tmp_path / "o"))
+
+
+def test_run_dir_refuses_other_configuration(tmp_path):
+    RunDir(tmp_path / "r", {"a": 1}).open({})
+    RunDir(tmp_path / "r", {"a": 1}).open({})  # same config: resumable
+    with pytest.raises(UserError, match="different configuration"):
+        RunDir(tmp_path / "r", {"a": 2}).open({})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="not a lmconv-bench run"):
+        RunDir(tmp_path / "other", {"a": 1}).open({})
+    assert (tmp_path / "other" / "keep.txt").read_text() == "x"
