@@ -7,6 +7,7 @@ status 2, never as a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -174,6 +175,8 @@ def train_cmd(
     eval_images: Annotated[int, typer.Option("--eval-images", help="Test images (first ids) used for the periodic evaluation.")] = 256,
     train_limit: Annotated[Optional[int], typer.Option("--train-limit", help="Use only the first N training images.")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between writes of last.safetensors.")] = 500,
+    eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", help="Batch size of the periodic evaluation.")] = 64,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
 ) -> None:
     """Train a model and save .safetensors checkpoints (last and best). Works under torchrun."""
     from .train import TrainConfig, train
@@ -183,9 +186,11 @@ def train_cmd(
         batch_size=batch_size, lr=lr, lr_decay=lr_decay, ema=ema, grad_clip=grad_clip or None, seed=seed,
         out=out, resume=resume, data_root=data_root, device=device, eval_every=eval_every,
         eval_images=eval_images, train_limit=train_limit, checkpoint_every=checkpoint_every,
+        eval_batch_size=eval_batch_size,
     )
-    path = train(cfg)
-    typer.echo(f"checkpoint: {path}")
+    path = train(cfg, progress=not no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"checkpoint: {path}")
 
 
 # ------------------------------------------------------------------------------ run / report

@@ -83,6 +83,13 @@ class AutoregressiveImageModel(nn.Module):
     config: ModelConfig
     fixed_order: str | None = None
 
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu", **kwargs):
+        """Load a model saved by ``checkpoints.save_checkpoint`` (evaluation weights, eval mode)."""
+        from ..checkpoints import from_checkpoint
+
+        return from_checkpoint(cls, path, map_location=map_location, **kwargs)
+
     def forward(self, x: Tensor, orders: Orders) -> Tensor:  # pragma: no cover - abstract
         """x: float ``[B, C, H, W]`` in ``[-1, 1]`` (see ``data.to_model_range``); returns the
         head's parameters, float ``[B, head.n_params, H, W]``; position p depends only on pixels
