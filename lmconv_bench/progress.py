@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _console = Console(stderr=True)
+if not _console.is_terminal:  # logs and pipes: wide enough for the summary table
+    _console = Console(stderr=True, width=160)
 
 
 @contextmanager
