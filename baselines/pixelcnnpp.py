@@ -382,7 +382,14 @@ class PixelCNNPP(AutoregressiveImageModel):
 
         ``orders`` is ignored: this model only defines raster conditionals, so the missing pixels
         are sampled in raster order whatever is passed (each sees every pixel before it in
-        raster order, observed or already sampled).
+        raster order, observed or already sampled). ``sampler``: ``"naive"`` (one full pass per
+        step) or ``"cached"`` (same samples, far fewer operations; see ``pixelcnnpp_cache``).
         """
+        if sampler == "cached":
+            from lmconv_bench.baselines.pixelcnnpp_cache import cached_complete
+
+            return cached_complete(self, x, missing, seeds, temperature, progress)
+        if sampler != "naive":
+            raise unknown("sampler", sampler, ["naive", "cached"])
         raster = get_order(self.fixed_order, x.shape[2], x.shape[3]).to(x.device)
         return super().complete(x, missing, raster, seeds, temperature, sampler, progress)
