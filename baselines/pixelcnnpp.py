@@ -27,8 +27,8 @@ H and W must be divisible by 4 (28 → 14 → 7, 32 → 16 → 8, 64 → 32 → 
 
 The building blocks (:class:`DownShiftedConv2d`, :class:`DownRightShiftedConv2d`, their transposed
 versions, :class:`Nin`, :class:`GatedResnet`) are explicit modules, and the network keeps its
-layers in per-resolution lists, so a cached raster sampler (Fast PixelCNN++) can run them one
-row / one pixel at a time later.
+layers in per-resolution lists, so the cached raster sampler (``pixelcnnpp_cache.py``, Fast
+PixelCNN++-style; ``complete(..., sampler="cached")``) runs them one row / one pixel at a time.
 """
 
 from __future__ import annotations
