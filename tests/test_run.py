@@ -87,8 +87,9 @@ def test_batch_size_and_process_count_do_not_change_results(checkpoints, tmp_pat
               "--metrics", "test_bpd,cond_nll_bpd,lpips", "--no-progress"]
     _cli(*common, "--batch-size", 1, "--out", tmp_path / "b1", check=True)
     _cli(*common, "--batch-size", 7, "--out", tmp_path / "b7", check=True)
-    r = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "lmconv_bench", *map(str, common),
-                        "--batch-size", 3, "--out", tmp_path / "p2"], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "lmconv_bench",
+                        *map(str, [*common, "--batch-size", 3, "--out", tmp_path / "p2"])],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b, c = (_records(tmp_path / n) for n in ("b1", "b7", "p2"))
     for other in (b, c):

@@ -1,0 +1,325 @@
+"""Performance benchmarks measured side by side in one run (``lmconv-bench bench ...``).
+
+``bench conv`` (:func:`bench_conv`)
+-----------------------------------
+How much the locally masked convolutions cost: the LMConv network (fast implementation) against
+the *same* network with plain, unmasked ``conv2d`` layers (identical weights and shapes;
+``conv_impl="plain"``), on random data at a CPU-sized preset (``bench-default``: 64 filters, one
+gated resnet per stage), MNIST-shaped 28×28×1 by default, batch 16:
+
+* ``train_step_ratio``: forward + discretized-logistic NLL + backward, LMConv / plain, for orders
+  ``s_curve`` (its 8 variants in turn), ``hilbert`` (8 variants) and ``raster``;
+* ``forward_ratio``: the same for a forward pass alone (eval mode, no autograd);
+* ``memory_ratio``: peak memory of a few training steps, LMConv / plain, the largest over the
+  orders. Measured in fresh subprocesses (``ru_maxrss`` only grows), as the growth of the peak
+  RSS over the process's RSS after start-up (imports, model, data);
+* the same ratios for the ``reference`` (unfold) implementation, for context (fewer repeats).
+
+Timings are interleaved (plain, LMConv, plain, LMConv, ...) after a warm-up, and ratios are
+ratios of medians, to resist noise from other processes. Per-order mask preparation is cached per
+order (as in training) and warmed up before timing. Times are wall-clock seconds with torch's
+default thread count.
+
+The memory workers run as ``python -m lmconv_bench.bench _memory_worker --impl fast --order
+s_curve/0 ...`` and print one JSON line.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+"""Image shapes (C, H, W) the conv benchmark can use (random data of that shape, 8-bit)."""
+
+ORDER_FAMILIES = ("s_curve", "hilbert", "raster")
+
+
+# ------------------------------------------------------------------------------ helpers
+def _config(preset: str, shape: str):
+    from .errors import unknown
+    from .models.base import ModelConfig
+    from .models.lmconv import PRESETS
+
+    if shape not in SHAPES:
+        raise unknown("bench shape", shape, SHAPES)
+    if preset not in PRESETS:
+        raise unknown("lmconv preset", preset, PRESETS)
+    c, h, w = SHAPES[shape]
+    return ModelConfig(
+        model="lmconv",
+        preset=preset,
+        dataset=shape,
+        channels=c,
+        height=h,
+        width=w,
+        n_bits=8,
+        head="logistic_mixture",
+        arch=dict(PRESETS[preset]),
+    )
+
+
+def _data(config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x8 = torch.randint(0, 256, (batch, config.channels, config.height, config.width), generator=g, dtype=torch.uint8)
+    return x8, x8.float() / 127.5 - 1.0
+
+
+def _networks(config, impls: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    from .models.lmconv import LMConv
+
+    torch.manual_seed(0)
+    nets = {impl: LMConv(config, conv_impl=impl) for impl in impls}
+    state = nets[impls[0]].state_dict()
+    for net in nets.values():
+        net.load_state_dict(state)
+    return nets
+
+
+def _train_step(net, xf: torch.Tensor, x8: torch.Tensor, order) -> None:
+    net.train()
+    net.zero_grad(set_to_none=True)
+    params = net(xf, order)
+    loss = -net.head.log_prob(params, x8).mean()
+    loss.backward()
+
+
+def _forward(net, xf: torch.Tensor, order) -> None:
+    net.eval()
+    with torch.no_grad():
+        net(xf, order)
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _order_names(family: str, size: int) -> list[str]:
+    return [f"{family}/{k}" for k in range(8)] if family != "raster" else ["raster/0"]
+
+
+# ------------------------------------------------------------------------------ memory worker
+def _peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, which starts afresh at ``exec`` (``ru_maxrss``
+    carries over the high-water mark of the parent that forked us). Elsewhere: ``ru_maxrss``
+    (bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def _memory_worker(impl: str, order: str, preset: str, shape: str, batch: int, steps: int) -> dict[str, Any]:
+    """Peak RSS of ``steps`` training steps in this process. Returns KiB figures."""
+    from .orders import get_order
+
+    config = _config(preset, shape)
+    net = _networks(config, (impl,))[impl]
+    x8, xf = _data(config, batch)
+    perm = get_order(order, config.height, config.width)
+    base = _peak_rss_kib()
+    for _ in range(steps):
+        _train_step(net, xf, x8, perm)
+    peak = _peak_rss_kib()
+    return {"impl": impl, "order": order, "baseline_kib": base, "peak_kib": peak, "growth_kib": peak - base}
+
+
+def _run_memory_worker(impl: str, order: str, preset: str, shape: str, batch: int, steps: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "lmconv_bench.bench", "_memory_worker",
+        "--impl", impl, "--order", order, "--preset", preset, "--shape", shape,
+        "--batch", str(batch), "--steps", str(steps),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+    return _json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------ bench conv
+def bench_conv(
+    preset: str = "bench-default",
+    batch: int = 16,
+    repeats: int = 3,
+    shape: str = "mnist",
+    reference_repeats: int = 1,
+    memory_steps: int = 2,
+    memory: bool = True,
+    json: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Measure the cost of locally masked convolutions against plain convolutions.
+
+    Args:
+        preset: lmconv preset (default ``bench-default``: 64 filters, nr_resnet 1, k 3).
+        batch: images per step (random 8-bit data of ``shape``).
+        repeats: timed rounds; each round times, per order family, one plain and one LMConv
+            train step and forward pass, interleaved (s_curve and hilbert use variant
+            ``round % 8``). Ratios are ratios of medians.
+        shape: ``"mnist"`` (28×28×1) or ``"cifar10"`` (32×32×3).
+        reference_repeats: timed rounds of the unfold implementation (s_curve only); 0 skips it.
+        memory_steps: training steps per memory subprocess; ``memory=False`` skips memory.
+        json: also print the result as one JSON object on the last line.
+        log: where progress and the summary table go (None: silent).
+
+    Returns:
+        ``{"train_step_ratio": {family: r}, "forward_ratio": {family: r}, "memory_ratio": r,
+        "memory_ratio_by_order": {...}, "reference": {...}, "seconds": {...}, "config": {...}}``;
+        ratios are LMConv (fast) / plain; seconds are medians per train step / forward.
+    """
+    from .orders import get_order
+
+    say = log or (lambda _msg: None)
+    t_start = time.perf_counter()
+    config = _config(preset, shape)
+    c, h, w = config.channels, config.height, config.width
+    x8, xf = _data(config, batch)
+    impls = ("plain", "fast") + (("reference",) if reference_repeats > 0 else ())
+    nets = _networks(config, impls)
+    orders = {fam: [get_order(n, h, w) for n in _order_names(fam, h)] for fam in ORDER_FAMILIES}
+    say(
+        f"bench conv: preset {preset} ({config.arch['nr_filters']} filters, nr_resnet {config.arch['nr_resnet']}), "
+        f"{h}x{w}x{c}, batch {batch}, {torch.get_num_threads()} threads, {repeats} rounds"
+    )
+
+    # warm up: every order's masks (cached as in training), and one step of each kind
+    for perms in orders.values():
+        for perm in perms:
+            nets["fast"].conv_masks(perm, batch, h, w, xf.device)
+    for impl in ("plain", "fast"):
+        _train_step(nets[impl], xf, x8, orders["s_curve"][0])
+        _forward(nets[impl], xf, orders["s_curve"][0])
+
+    train: dict[str, list[float]] = {"plain": []}
+    fwd: dict[str, list[float]] = {"plain": []}
+    for fam in ORDER_FAMILIES:
+        train[fam], fwd[fam] = [], []
+    for r in range(repeats):
+        for fam in ORDER_FAMILIES:
+            perm = orders[fam][r % len(orders[fam])]
+            train["plain"].append(_timed(lambda: _train_step(nets["plain"], xf, x8, perm)))
+            train[fam].append(_timed(lambda: _train_step(nets["fast"], xf, x8, perm)))
+            fwd["plain"].append(_timed(lambda: _forward(nets["plain"], xf, perm)))
+            fwd[fam].append(_timed(lambda: _forward(nets["fast"], xf, perm)))
+        say(f"  round {r + 1}/{repeats} done ({time.perf_counter() - t_start:.0f} s)")
+
+    med_t = {k: statistics.median(v) for k, v in train.items()}
+    med_f = {k: statistics.median(v) for k, v in fwd.items()}
+    result: dict[str, Any] = {
+        "train_step_ratio": {fam: med_t[fam] / med_t["plain"] for fam in ORDER_FAMILIES},
+        "forward_ratio": {fam: med_f[fam] / med_f["plain"] for fam in ORDER_FAMILIES},
+        "seconds": {"train_step": med_t, "forward": med_f},
+    }
+
+    if reference_repeats > 0:
+        ref_t, ref_f = [], []
+        _forward(nets["reference"], xf, orders["s_curve"][0])  # warm-up
+        for r in range(reference_repeats):
+            perm = orders["s_curve"][r % 8]
+            ref_t.append(_timed(lambda: _train_step(nets["reference"], xf, x8, perm)))
+            ref_f.append(_timed(lambda: _forward(nets["reference"], xf, perm)))
+        result["reference"] = {
+            "train_step_ratio": {"s_curve": statistics.median(ref_t) / med_t["plain"]},
+            "forward_ratio": {"s_curve": statistics.median(ref_f) / med_f["plain"]},
+        }
+        say(f"  reference impl done ({time.perf_counter() - t_start:.0f} s)")
+
+    if memory:
+        del nets
+        base = _run_memory_worker("plain", "s_curve/0", preset, shape, batch, memory_steps)
+        by_order = {}
+        for fam in ORDER_FAMILIES:
+            name = f"{fam}/0"
+            got = _run_memory_worker("fast", name, preset, shape, batch, memory_steps)
+            by_order[name] = got["growth_kib"] / max(base["growth_kib"], 1)
+        result["memory_ratio"] = max(by_order.values())
+        result["memory_ratio_by_order"] = by_order
+        result["memory_kib"] = {"plain_growth": base["growth_kib"], "plain_peak": base["peak_kib"]}
+        say(f"  memory done ({time.perf_counter() - t_start:.0f} s)")
+
+    result["config"] = {
+        "preset": preset,
+        "shape": [c, h, w],
+        "batch": batch,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    say(_table(result))
+    if json:
+        print(_json.dumps(result, sort_keys=True))
+    return result
+
+
+def _table(res: dict[str, Any]) -> str:
+    lines = ["", "LMConv (fast) / plain conv network          s_curve  hilbert   raster"]
+    for key, label in (("train_step_ratio", "train step time ratio"), ("forward_ratio", "forward time ratio")):
+        r = res[key]
+        lines.append(f"  {label:40s} {r['s_curve']:7.2f}  {r['hilbert']:7.2f}  {r['raster']:7.2f}")
+    if "memory_ratio_by_order" in res:
+        m = res["memory_ratio_by_order"]
+        lines.append(
+            f"  {'peak memory growth ratio':40s} {m['s_curve/0']:7.2f}  {m['hilbert/0']:7.2f}  {m['raster/0']:7.2f}"
+        )
+    if "reference" in res:
+        ref = res["reference"]
+        lines.append(
+            f"  reference (unfold) impl / plain: train step {ref['train_step_ratio']['s_curve']:.2f}, "
+            f"forward {ref['forward_ratio']['s_curve']:.2f} (s_curve)"
+        )
+    sec = res["seconds"]
+    lines.append(
+        f"  plain network: {sec['train_step']['plain']:.2f} s per train step, {sec['forward']['plain']:.2f} s per forward"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ entry point
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lmconv_bench.bench _memory_worker ...`` (internal) or ``conv [--json]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lmconv_bench.bench")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    mw = sub.add_parser("_memory_worker", help="internal: peak memory of a few training steps")
+    mw.add_argument("--impl", default="fast")
+    mw.add_argument("--order", default="s_curve/0")
+    mw.add_argument("--preset", default="bench-default")
+    mw.add_argument("--shape", default="mnist")
+    mw.add_argument("--batch", type=int, default=16)
+    mw.add_argument("--steps", type=int, default=2)
+    cv = sub.add_parser("conv", help="LMConv vs plain conv network ratios")
+    cv.add_argument("--json", action="store_true")
+    cv.add_argument("--repeats", type=int, default=3)
+    cv.add_argument("--shape", default="mnist")
+    args = parser.parse_args(argv)
+    if args.cmd == "_memory_worker":
+        res = _memory_worker(args.impl, args.order, args.preset, args.shape, args.batch, args.steps)
+        print(_json.dumps(res))
+    else:
+        bench_conv(repeats=args.repeats, shape=args.shape, json=args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""The benchmark grid: tasks × models × orders × metrics, written as tidy records.
+
+For each task, the images of the profile (or ``--limit``) and their masks are fixed by image id.
+For each checkpoint, every order of SPEC (``raster/0`` only for fixed-order models) gives:
+
+- ``test_bpd``: −log p(x) of the whole image under that order, in bits per dimension;
+- ``cond_nll_bpd``: −log p(x_missing | x_observed), in bits per missing dimension, under the
+  order's ``observed_first`` form (exact for any-order models); fixed-order models use their own
+  order, and ``context`` records whether it saw every observed pixel (``all_observed``) or only
+  the preceding ones (``preceding_only``);
+- ``lpips``: LPIPS(completion, ground truth), K samples per image;
+- ``fid`` / ``kid``: completions against the task's reference split.
+
+Order ensembles (``order = ensemble(<spec>)``): ``test_bpd`` is the log of the mean of the joint
+likelihoods; ``cond_nll_bpd`` the log of the uniform mean of the conditionals (as in the paper's
+code). Images are sharded by global index ``range(rank, N, world)``; every random choice is seeded
+per image, order and sample, so results don't depend on batch size or process count.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import distributed as dist
+from . import orders as O
+from .config import METRICS, TaskConfig, resolve_tasks
+from .data import ImageSet, get_dataset_info, load_split
+from .errors import UserError, unknown
+from .masks import make_masks
+from .progress import console, progress_bar
+from .records import METRIC_UNITS, RunDir, cell_key
+from .seeding import stable_seed
+
+LN2 = math.log(2.0)
+SAMPLERS = ("naive",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of ``lmconv-bench run``. Fields marked ``result=False`` don't change the numbers."""
+
+    task: str
+    dataset: str | None = None
+    orders: str = O.DEFAULT_SPEC
+    checkpoints: tuple[str, ...] = ()
+    profile: str = "quick"
+    limit: int | None = None
+    metrics: tuple[str, ...] | None = None  # None = the task's metrics
+    samples: int = 1
+    sampler: str = "naive"
+    temperature: float = 1.0
+    seed: int = 0
+    data_root: str | None = field(default=None, metadata={"result": False})
+    out: str | None = field(default=None, metadata={"result": False})
+    batch_size: int = field(default=32, metadata={"result": False})
+    device: str = field(default="auto", metadata={"result": False})
+    progress: bool = field(default=True, metadata={"result": False})
+
+    def result_config(self, checkpoint_hashes: dict[str, str]) -> dict[str, Any]:
+        """The part of the config that determines results (hashed to recognise a resumable run)."""
+        d = {k: v for k, v in asdict(self).items()
+             if self.__dataclass_fields__[k].metadata.get("result", True)}
+        d["checkpoints"] = sorted(checkpoint_hashes.values())
+        d["metrics"] = list(self.metrics) if self.metrics else None
+        return d
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject bad options before any work (UserError with the fix)."""
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise UserError(f"--limit must be a positive number of images, got {cfg.limit}")
+    if cfg.samples <= 0:
+        raise UserError(f"--samples must be >= 1, got {cfg.samples}")
+    if cfg.batch_size <= 0:
+        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.temperature <= 0:
+        raise UserError(f"--temperature must be > 0, got {cfg.temperature}")
+    if cfg.profile not in ("quick", "full"):
+        raise unknown("profile", cfg.profile, ("quick", "full"))
+    if cfg.sampler not in SAMPLERS:
+        raise unknown("sampler", cfg.sampler, SAMPLERS)
+    for m in cfg.metrics or ():
+        if m not in METRICS:
+            raise unknown("metric", m, METRICS)
+
+
+# ------------------------------------------------------------------------------ per-image work
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.Tensor,
+                cond_perms: torch.Tensor, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image log-likelihoods in nats (float64 numpy [N] each).
+
+    Returns ``(joint, cond)``: ``joint`` = log p(x) under ``perm``; ``cond`` = log p of the missing
+    pixels under ``cond_perms`` ([N, H*W], one order per image) = log p(x_miss | x_obs) when the
+    order is observed-first.
+    """
+    joint, cond = [], []
+    for sl in _batches(len(images), batch_size):
+        x = images[sl].to(device)
+        lp = model.log_prob(x, perm.to(device)).double()
+        joint.append(lp.flatten(1).sum(1).cpu())
+        lpc = model.log_prob(x, cond_perms[sl].to(device)).double()
+        cond.append((lpc * missing[sl].to(device)).flatten(1).sum(1).cpu())
+    return torch.cat(joint).numpy(), torch.cat(cond).numpy()
+
+
+@torch.no_grad()
+def completions(model, images, missing, cond_perms, seeds, cfg: RunConfig, device, advance) -> torch.Tensor:
+    """Complete every image once per seed column: uint8 [N, K, C, H, W]."""
+    out = []
+    for sl in _batches(len(images), cfg.batch_size):
+        ks = []
+        for k in range(seeds.shape[1]):
+            done = model.complete(
+                images[sl].to(device), missing[sl].to(device), cond_perms[sl].to(device), seeds[sl, k],
+                temperature=cfg.temperature, sampler=cfg.sampler,
+            )
+            ks.append(done.cpu())
+            advance(sl.stop - sl.start)
+        out.append(torch.stack(ks, 1))
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------ grid
+@dataclass
+class ModelEntry:
+    path: str
+    model: Any
+    sha256: str
+    name: str  # registry name
+    preset: str
+    trained: tuple[str, ...]
+
+
+def _context(perms: torch.Tensor, missing: torch.Tensor) -> str:
+    return "all_observed" if bool(O.is_observed_first(perms, missing).all()) else "preceding_only"
+
+
+def _row(base: dict, metric: str, value: float, n: int, stderr=float("nan"), lo=float("nan"), hi=float("nan"), **kw):
+    return {**base, "metric": metric, "value": float(value), "unit": METRIC_UNITS[metric], "n": int(n),
+            "stderr": float(stderr), "ci_low": float(lo), "ci_high": float(hi), **kw}
+
+
+def _summary_row(base, metric, per_image: np.ndarray, seed: int, **kw):
+    from .metrics.stats import summarize
+
+    s = summarize(per_image, seed=seed)
+    return _row(base, metric, s["mean"], s["n"], s["stderr"], s["ci_low"], s["ci_high"], **kw)
+
+
+class Grid:
+    """Runs one ``RunConfig``; see the module docstring."""
+
+    def __init__(self, cfg: RunConfig, ctx: dist.DistContext, argv: list[str] | None = None):
+        validate(cfg)
+        self.cfg, self.ctx = cfg, ctx
+        self.tasks: list[TaskConfig] = resolve_tasks(cfg.task, cfg.dataset)
+        self.metrics = {t.name: [m for m in (cfg.metrics or t.metrics)] for t in self.tasks}
+        self.models = self._load_models()
+        hashes = {e.path: e.sha256 for es in self.models.values() for e in es}
+        rc = cfg.result_config(hashes)
+        from .records import config_hash
+
+        self.run_id = f"{self.tasks[0].name if len(self.tasks) == 1 else cfg.task}-{config_hash(rc)[:10]}"
+        out = Path(cfg.out) if cfg.out else Path("results/runs") / self.run_id
+        self.run = RunDir(out, rc, write=ctx.is_main)
+        self.argv = argv or sys.argv
+        self.show = ctx.is_main and cfg.progress
+
+    # -- setup ------------------------------------------------------------------------------
+    def _load_models(self) -> dict[str, list[ModelEntry]]:
+        from .checkpoints import load_checkpoint, read_config
+
+        paths = list(self.cfg.checkpoints)
+        if not paths:
+            from .reference import reference_checkpoints
+
+            paths = [str(p) for t in self.tasks for p in reference_checkpoints(t.dataset)]
+            if not paths:
+                raise UserError(
+                    f"no --checkpoint given and no reference checkpoint ships for {self.tasks[0].dataset}; "
+                    "train one with `lmconv-bench train` and pass --checkpoint PATH"
+                )
+        by_ds: dict[str, list[ModelEntry]] = {t.dataset: [] for t in self.tasks}
+        for p in dict.fromkeys(paths):
+            c = read_config(p)
+            if c.dataset not in by_ds:
+                # a checkpoint for another dataset than every selected task: a user error
+                if not any(c.dataset == t.dataset for t in self.tasks):
+                    info = get_dataset_info(self.tasks[0].dataset)
+                    raise UserError(
+                        f"checkpoint {p} is for dataset {c.dataset} ({c.height}x{c.width}x{c.channels}, "
+                        f"{c.n_bits} bits) but the task uses {info.name} ({info.height}x{info.width}x"
+                        f"{info.channels}, {info.n_bits} bits); pass a checkpoint trained on {info.name}"
+                    )
+            model, meta = load_checkpoint(p, expect_dataset=c.dataset, map_location=self.ctx.device)
+            by_ds[c.dataset].append(ModelEntry(p, model, meta["sha256"], c.model, c.preset, c.trained_orders))
+        for t in self.tasks:
+            if not by_ds[t.dataset]:
+                raise UserError(f"no checkpoint for dataset {t.dataset} (task {t.name}); pass --checkpoint PATH")
+        return by_ds
+
+    def manifest(self, wall: float | None = None) -> dict[str, Any]:
+        from .checkpoints import provenance
+
+        m = {
+            "run_id": self.run_id,
+            "command": " ".join(self.argv),
+            "tasks": [t.to_dict() for t in self.tasks],
+            "checkpoints": {e.path: e.sha256 for es in self.models.values() for e in es},
+            "device": str(self.ctx.device),
+            "world_size": self.ctx.world_size,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "sampler": self.cfg.sampler,
+            "samples_per_image": self.cfg.samples,
+            "wall_time_s": wall,
+            **provenance(),
+        }
+        if any("lpips" in ms for ms in self.metrics.values()):
+            from .metrics import perceptual
+
+            m["lpips"] = perceptual.describe()
+        if any({"fid", "kid"} & set(ms) for ms in self.metrics.values()):
+            from .metrics import fidelity
+
+            m["fidelity"] = fidelity.describe()
+        return m
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run_all(self) -> RunDir:
+        t0 = time.time()
+        self.run.open(self.manifest())
+        image_ids: dict[str, list[str]] = {}
+        for task in self.tasks:
+            image_ids[task.name] = self.run_task(task)
+        if self.ctx.is_main:
+            from .report import comparisons_for_run
+
+            self.run.rebuild(comparisons=comparisons_for_run(self.run.path))
+            self.run.write_manifest({**self.manifest(time.time() - t0), "image_ids": image_ids})
+        dist.barrier()
+        return self.run
+
+    def _images(self, task: TaskConfig) -> ImageSet:
+        n = self.cfg.limit or task.profile(self.cfg.profile).n_images
+        return load_split(task.dataset, task.split, self.cfg.data_root, limit=n)
+
+    def run_task(self, task: TaskConfig) -> list[str]:
+        info = get_dataset_info(task.dataset)
+        h, w = info.height, info.width
+        data = self._images(task)
+        missing = make_masks(task.mask_family, task.mask_params, h, w, data.ids, self.cfg.seed)
+        shard = list(dist.shard_indices(len(data.ids), self.ctx.rank, self.ctx.world_size))
+        metrics = self.metrics[task.name]
+        for entry in self.models[task.dataset]:
+            names = [entry.model.fixed_order] if entry.model.fixed_order else O.parse_spec(self.cfg.orders, h, w)
+            nats: dict[str, dict[str, np.ndarray]] = {}
+            for name in names:
+                if {"test_bpd", "cond_nll_bpd"} & set(metrics):
+                    nats[name] = self._likelihood_cell(task, entry, name, data, missing, shard)
+                if {"lpips", "fid", "kid"} & set(metrics):
+                    self._completion_cell(task, entry, name, data, missing, shard)
+            if len(names) > 1 and {"test_bpd", "cond_nll_bpd"} & set(metrics):
+                self._ensemble_cell(task, entry, names, data, nats)
+        return data.ids
+
+    def _base(self, task: TaskConfig, entry: ModelEntry, order: str, trained: bool) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "task": task.name, "task_version": task.version, "dataset": task.dataset,
+            "split": task.split, "profile": self.cfg.profile if self.cfg.limit is None else f"{self.cfg.profile}-limit{self.cfg.limit}",
+            "model": entry.name, "preset": entry.preset, "checkpoint_sha256": entry.sha256, "order": order,
+            "order_trained": trained, "seed": self.cfg.seed,
+        }
+
+    def _used_orders(self, entry: ModelEntry, name: str, missing: torch.Tensor, h: int, w: int):
+        perm = O.get_order(name, h, w)
+        if entry.model.fixed_order:
+            return perm, perm.expand(len(missing), -1)
+        return perm, O.observed_first(perm, missing)
+
+    def _likelihood_cell(self, task, entry, name, data, missing, shard) -> dict[str, np.ndarray]:
+        key = cell_key(task.name, entry.sha256[:12], name, "likelihood")
+        metrics = self.metrics[task.name]
+        if self._cell_done(key):
+            if not self.ctx.is_main:
+                return {}
+            return {k: (v if k == "context" else np.asarray(v)) for k, v in self.run.load_cell(key)["nats"].items()}
+        h, w = missing.shape[1:]
+        perm, cond_perms = self._used_orders(entry, name, missing, h, w)
+        idx = torch.tensor(shard, dtype=torch.long)
+        with progress_bar(1, f"{task.name} {entry.name} {name}: likelihood", self.show) as adv:
+            joint, cond = likelihoods(entry.model, data.images[idx], missing[idx], perm, cond_perms[idx],
+                                      self.cfg.batch_size, self.ctx.device)
+            adv(1)
+        parts = dist.all_gather_object((shard, joint.tolist(), cond.tolist()))
+        if not self.ctx.is_main:
+            return {}
+        full_joint, full_cond = np.zeros(len(data.ids)), np.zeros(len(data.ids))
+        for sh, j, c in parts:
+            full_joint[sh], full_cond[sh] = j, c
+        c_dims = get_dataset_info(task.dataset).channels
+        n_miss = missing.flatten(1).sum(1).double().numpy() * c_dims
+        test_bpd = -full_joint / (h * w * c_dims * LN2)
+        cond_bpd = -full_cond / (n_miss * LN2)
+        trained = name in entry.trained
+        base = self._base(task, entry, name, trained)
+        rows, per_image = [], []
+        if "test_bpd" in metrics:
+            rows.append(_summary_row(base, "test_bpd", test_bpd, self.cfg.seed, context="unconditional"))
+            per_image += self._per_image(base, "test_bpd", data.ids, test_bpd)
+        ctx = _context(cond_perms, missing)
+        if "cond_nll_bpd" in metrics:
+            rows.append(_summary_row(base, "cond_nll_bpd", cond_bpd, self.cfg.seed, context=ctx))
+            per_image += self._per_image(base, "cond_nll_bpd", data.ids, cond_bpd)
+        nats = {"joint": full_joint.tolist(), "cond": full_cond.tolist(), "n_miss": n_miss.tolist(), "context": ctx}
+        self.run.save_cell(key, rows, per_image, {"nats": nats})
+        return {k: (v if k == "context" else np.asarray(v)) for k, v in nats.items()}
+
+    def _cell_done(self, key: str) -> bool:
+        """Whether a cell is already stored; rank 0 decides and tells the other ranks."""
+        done = self.run.has_cell(key) if self.ctx.is_main else None
+        if self.ctx.distributed:
+            done = dist.broadcast_object(done)
+        return bool(done)
+
+    def _per_image(self, base, metric, ids, values, samples=None):
+        samples = samples if samples is not None else [0] * len(ids)
+        return [{"run_id": base["run_id"], "task": base["task"], "model": base["model"],
+                 "checkpoint_sha256": base["checkpoint_sha256"], "order": base["order"], "metric": metric,
+                 "image_id": i, "sample": int(s), "value": float(v)} for i, s, v in zip(ids, samples, values)]
+
+    def _ensemble_cell(self, task, entry, names, data, nats) -> None:
+        if not self.ctx.is_main:
+            return
+        from .metrics.stats import logmeanexp
+
+        label = f"ensemble({self.cfg.orders})"
+        key = cell_key(task.name, entry.sha256[:12], label, "likelihood")
+        if self.run.has_cell(key):
+            return
+        metrics = self.metrics[task.name]
+        info = get_dataset_info(task.dataset)
+        joint = np.stack([nats[n]["joint"] for n in names])  # [orders, N]
+        cond = np.stack([nats[n]["cond"] for n in names])
+        n_miss = nats[names[0]]["n_miss"]
+        test_bpd = -logmeanexp(joint, dim=0) / (info.height * info.width * info.channels * LN2)
+        cond_bpd = -logmeanexp(cond, dim=0) / (n_miss * LN2)
+        base = self._base(task, entry, label, all(n in entry.trained for n in names))
+        rows, per_image = [], []
+        if "test_bpd" in metrics:
+            rows.append(_summary_row(base, "test_bpd", test_bpd, self.cfg.seed, context="unconditional"))
+            per_image += self._per_image(base, "test_bpd", data.ids, test_bpd)
+        if "cond_nll_bpd" in metrics:
+            # the mixture sees every observed pixel iff each member does (the order check per member)
+            ctx = "all_observed" if all(nats[n]["context"] == "all_observed" for n in names) else "preceding_only"
+            rows.append(_summary_row(base, "cond_nll_bpd", cond_bpd, self.cfg.seed, context=ctx))
+            per_image += self._per_image(base, "cond_nll_bpd", data.ids, cond_bpd)
+        self.run.save_cell(key, rows, per_image)
+
+    def _completion_cell(self, task, entry, name, data, missing, shard) -> None:
+        key = cell_key(task.name, entry.sha256[:12], name, "completion", self.cfg.samples)
+        if self._cell_done(key):
+            return
+        metrics = self.metrics[task.name]
+        h, w = missing.shape[1:]
+        _, cond_perms = self._used_orders(entry, name, missing, h, w)
+        k = self.cfg.samples
+        seeds = torch.tensor([[stable_seed(self.cfg.seed, i, name, s) for s in range(k)] for i in data.ids],
+                             dtype=torch.long)
+        idx = torch.tensor(shard, dtype=torch.long)
+        with progress_bar(len(shard) * k, f"{task.name} {entry.name} {name}: completing", self.show) as adv:
+            comp = completions(entry.model, data.images[idx], missing[idx], cond_perms[idx], seeds[idx],
+                               self.cfg, self.ctx.device, adv)
+        lp = None
+        if "lpips" in metrics:
+            from .metrics.perceptual import lpips_distance
+
+            truth = data.images[idx].unsqueeze(1).expand_as(comp)
+            lp = lpips_distance(comp.flatten(0, 1), truth.flatten(0, 1), n_bits=get_dataset_info(task.dataset).n_bits)
+            lp = lp.reshape(len(shard), k).tolist()
+        parts = dist.all_gather_object((shard, comp, lp))
+        if not self.ctx.is_main:
+            return
+        n = len(data.ids)
+        comp_all = torch.zeros(n, k, *data.images.shape[1:], dtype=torch.uint8)
+        lp_all = np.zeros((n, k))
+        for sh, c, l in parts:
+            comp_all[sh] = c
+            if l is not None:
+                lp_all[sh] = l
+        base = self._base(task, entry, name, name in entry.trained)
+        ctx = _context(cond_perms, missing)
+        rows, per_image = [], []
+        if "lpips" in metrics:
+            rows.append(_summary_row(base, "lpips", lp_all.mean(1), self.cfg.seed, context=ctx))
+            ids = [i for i in data.ids for _ in range(k)]
+            per_image += self._per_image(base, "lpips", ids, lp_all.flatten(), [s for _ in data.ids for s in range(k)])
+        if {"fid", "kid"} & set(metrics):
+            from .metrics import fidelity
+
+            info = get_dataset_info(task.dataset)
+            ref = self._reference_features(task)
+            gen = fidelity.inception_features(comp_all.flatten(0, 1), n_bits=info.n_bits, progress=self.show)
+            res = fidelity.fid_kid(gen, ref, seed=self.cfg.seed)
+            n_gen = len(gen)
+            if "fid" in metrics:
+                rows.append(_row(base, "fid", res["fid"], n_gen, context=ctx))
+            if "kid" in metrics:
+                rows.append(_row(base, "kid", res["kid_mean"], n_gen, stderr=res["kid_std"], context=ctx))
+        self._save_examples(key, data, missing, comp_all, task=task.name, label=f"{entry.name} {name}")
+        self.run.save_cell(key, rows, per_image)
+
+    def _reference_features(self, task: TaskConfig):
+        from .metrics import fidelity
+
+        size = task.profile(self.cfg.profile).fid_reference_size
+        info = get_dataset_info(task.dataset)
+        ref = load_split(task.dataset, task.reference_split, self.cfg.data_root, limit=size)
+        key = {"dataset": task.dataset, "split": task.reference_split, "ids": ref.ids,
+               "preprocessing": f"{info.name}:{info.height}x{info.width}x{info.channels}:{info.n_bits}bit"}
+        return fidelity.reference_features(key, lambda: ref.images, progress=self.show)
+
+    def _save_examples(self, key: str, data: ImageSet, missing: torch.Tensor, comp: torch.Tensor,
+                       task: str, label: str, n_show: int = 8):
+        """Keep the first few completions (sample 0) for the report's completion grids."""
+        import io
+
+        from .io_utils import atomic_write_bytes
+
+        buf = io.BytesIO()
+        n_bits = get_dataset_info(data.name).n_bits
+        np.savez_compressed(buf, task=np.array(task), label=np.array(label), n_bits=np.array(n_bits),
+                            ids=np.array(data.ids[:n_show]), truth=data.images[:n_show].numpy(),
+                            missing=missing[:n_show].numpy(), completion=comp[:n_show, 0].numpy())
+        atomic_write_bytes(self.run.path / "examples" / f"{key}.npz", buf.getvalue())
+
+
+def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
+    """Run the grid (one process or torchrun); returns the run directory."""
+    with dist.distributed(cfg.device) as ctx:
+        grid = Grid(cfg, ctx, argv)
+        rundir = grid.run_all()
+        if ctx.is_main and cfg.progress:
+            print_summary(rundir.path)
+    return rundir.path
+
+
+def print_summary(path: Path) -> None:
+    """One-line-per-row summary table of a run's records (stderr)."""
+    from rich.table import Table
+
+    from .records import read_records
+
+    df = read_records(path)
+    table = Table(title=f"results: {path}")
+    for col in ("task", "model", "order", "metric", "value", "± stderr", "n", "context"):
+        table.add_column(col)
+    for r in df.itertuples():
+        err = "" if (isinstance(r.stderr, float) and math.isnan(r.stderr)) else f"{r.stderr:.4f}"
+        table.add_row(r.task, r.model, r.order, r.metric, f"{r.value:.4f}", err, str(r.n), str(r.context))
+    console().print(table)
