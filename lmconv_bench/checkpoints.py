@@ -224,6 +224,8 @@ def save_checkpoint(
             f.write(f"{digest}  {path.name}\n")
             f.flush()
             os.fsync(f.fileno())
+        for t in (tmp, side_tmp):
+            os.chmod(t, 0o644)  # mkstemp creates 0600 files; checkpoints are meant to be shared
         os.replace(tmp, path)
         os.replace(side_tmp, side)
     except BaseException:
