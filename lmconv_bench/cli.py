@@ -193,6 +193,25 @@ def train_cmd(
         typer.echo(f"checkpoint: {path}")
 
 
+@app.command("import-checkpoint")
+def import_checkpoint_cmd(
+    src: Annotated[str, typer.Argument(help="The released checkpoint file (.pth as saved by the paper's main.py, or a bare state dict).")],
+    dst: Annotated[str, typer.Argument(help="Output .safetensors path (never overwritten).")],
+    fmt: Annotated[str, typer.Option("--format", help="Source format: lmconv-official.")] = "lmconv-official",
+    ema: Annotated[bool, typer.Option("--ema", help="Import ema_state_dict instead of model_state_dict (note: the official EMA averaged only one tensor).")] = False,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset of the model; needed when the file has no saved args (bare state dict).")] = None,
+    normalization: Annotated[Optional[str], typer.Option("--normalization", help="pono or none; only for a bare state dict, which does not record it (default pono).")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Load with weights_only=False. This RUNS CODE stored in the file: only for files you trust.")] = False,
+) -> None:
+    """Convert a checkpoint of the paper's released model into an lmconv-bench checkpoint."""
+    from .import_official import import_checkpoint
+
+    res = import_checkpoint(src, dst, format=fmt, ema=ema, dataset=dataset, normalization=normalization,
+                            trust_pickle=trust_pickle)
+    for line in res.summary():
+        typer.echo(line)
+
+
 # ------------------------------------------------------------------------------ run / report
 @app.command("run")
 def run_cmd(
