@@ -41,7 +41,7 @@ from .records import METRIC_UNITS, RunDir, cell_key
 from .seeding import stable_seed
 
 LN2 = math.log(2.0)
-SAMPLERS = ("naive",)
+SAMPLERS = ("cached", "naive")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class RunConfig:
     limit: int | None = None
     metrics: tuple[str, ...] | None = None  # None = the task's metrics
     samples: int = 1
-    sampler: str = "naive"
+    sampler: str = "cached"
     temperature: float = 1.0
     seed: int = 0
     data_root: str | None = field(default=None, metadata={"result": False})

@@ -69,6 +69,7 @@ from .layers import CONV_IMPLS, ConvMask, LocallyMaskedConv2d, conv_mask, gated_
 from .likelihood import make_head
 
 NORMALIZATIONS = ("none", "weight_norm", "pono")
+SAMPLERS = ("naive", "cached")
 
 _COMMON: dict[str, Any] = {"kernel_size": 3, "max_dilation": 2, "normalization": "pono", "conv_bias": True}
 
@@ -189,6 +190,27 @@ class LMConv(AutoregressiveImageModel):
 
     def _norm(self, x: Tensor) -> Tensor:
         return pono(x) if self.normalization == "pono" else x
+
+    def complete(
+        self,
+        x: Tensor,
+        missing: Tensor,
+        orders: Orders,
+        seeds: Tensor,
+        temperature: float = 1.0,
+        sampler: str = "naive",
+        progress=None,
+    ) -> Tensor:
+        """As :meth:`AutoregressiveImageModel.complete`; ``sampler``: ``"naive"`` (one full pass
+        per step) or ``"cached"`` (the same samples for about one forward pass of work, any order;
+        see :mod:`lmconv_bench.sampling`)."""
+        if sampler == "cached":
+            from ..sampling import cached_complete
+
+            return cached_complete(self, x, missing, orders, seeds, temperature, progress)
+        if sampler != "naive":
+            raise unknown("sampler", sampler, SAMPLERS)
+        return super().complete(x, missing, orders, seeds, temperature, sampler, progress)
 
     def forward(self, x: Tensor, orders: Orders) -> Tensor:
         """x: float ``[B, C, H, W]`` in ``[-1, 1]``; orders: ``[H*W]`` or ``[B, H*W]``.
