@@ -84,6 +84,8 @@ class RunDir:
         if self.write:
             check_writable(self.path, is_dir=True)
             self.cells.mkdir(parents=True, exist_ok=True)
+            for stray in self.path.rglob(".*.tmp"):  # left by a killed run's atomic writes
+                stray.unlink(missing_ok=True)
             if not mpath.exists():
                 self.write_manifest(manifest)
         return self

@@ -98,7 +98,9 @@ def test_batch_size_and_process_count_do_not_change_results(checkpoints, tmp_pat
         torch.testing.assert_close(torch.tensor(a.value.values), torch.tensor(other.value.values), rtol=1e-6, atol=0)
     pa = pd.read_csv(tmp_path / "b1" / "per_image.csv").sort_values(["order", "metric", "image_id"])
     pc = pd.read_csv(tmp_path / "p2" / "per_image.csv").sort_values(["order", "metric", "image_id"])
-    assert len(pa) == len(pc) == 7 * 3 * 3  # no image dropped or duplicated by sharding
+    # 7 images x (2 orders + ensemble) x (test_bpd, cond_nll_bpd) + 7 x 2 orders x lpips
+    assert len(pa) == len(pc) == 7 * 3 * 2 + 7 * 2  # no image dropped or duplicated by sharding
+    assert pa.groupby(["order", "metric"]).image_id.nunique().eq(7).all()
 
 
 def test_interrupted_run_resumes_to_identical_records(checkpoints, tmp_path):
@@ -119,7 +121,7 @@ def test_interrupted_run_resumes_to_identical_records(checkpoints, tmp_path):
     _cli(*args, "--out", out, check=True)
     pd.testing.assert_frame_equal(_records(tmp_path / "straight").drop(columns=["run_id"]),
                                   _records(out).drop(columns=["run_id"]))
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))  # the killed run's stray temp files were cleaned up
 
 
 def test_bad_input_is_one_line_and_nonzero(checkpoints, tmp_path):
