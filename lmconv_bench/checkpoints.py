@@ -355,25 +355,32 @@ def _preview(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def load_state_strict(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``module.load_state_dict(state)``, turning key or shape mismatches into one UserError."""
+def state_mismatch(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """How ``state`` fails to fit ``module`` (missing / unexpected keys, first shape mismatch), or None."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad_shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing {_preview(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_preview(unexpected)}")
-        if bad_shape:
-            k = bad_shape[0]
-            parts.append(f"shape mismatch at {k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})")
+    parts = []
+    if missing:
+        parts.append(f"missing {_preview(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_preview(unexpected)}")
+    if bad_shape:
+        k = bad_shape[0]
+        parts.append(f"shape mismatch at {k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})")
+    return "; ".join(parts) or None
+
+
+def load_state_strict(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(state)``, turning key or shape mismatches into one UserError."""
+    problem = state_mismatch(module, state)
+    if problem:
         raise UserError(
-            f"checkpoint {path} {what} do not fit the model its config describes ({'; '.join(parts)}); "
+            f"checkpoint {path} {what} do not fit the model its config describes ({problem}); "
             "it was written by a different lmconv-bench version or edited: retrain or re-import it"
         )
+    own = module.state_dict()
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 

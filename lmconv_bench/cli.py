@@ -193,6 +193,24 @@ def train_cmd(
         typer.echo(f"checkpoint: {path}")
 
 
+@app.command("publish")
+def publish_cmd(
+    src: Annotated[str, typer.Argument(help="The --out folder of a finished `lmconv-bench train` (holds last.safetensors and train_log.jsonl).")],
+    name: Annotated[str, typer.Option("--name", help="File name (no extension) in the reference folder, e.g. lmconv-mnist-small.")],
+    eval_images: Annotated[Optional[int], typer.Option("--eval-images", help="Test images (first ids) for the card's test bits/dim (default: the whole test split).")] = None,
+    hardware_note: Annotated[Optional[str], typer.Option("--hardware", help="Hardware line for the card (default: this machine's CPU/GPU).")] = None,
+    note: Annotated[Optional[str], typer.Option("--note", help="Extra note for the card (e.g. a reduced training set).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing checkpoint/card of that name.")] = False,
+    data_root: DataRoot = None,
+) -> None:
+    """Copy a trained checkpoint's EMA weights into the reference folder (results/checkpoints/reference,
+    or $LMCONV_BENCH_REFERENCE_DIR) with a model card: command, data, steps, wall time, hardware,
+    test bits/dim, sha256 and licence. `run` without --checkpoint then uses it."""
+    from .publish import publish
+
+    typer.echo(f"wrote {publish(src, name, eval_images, data_root, hardware_note, note, force)}")
+
+
 @app.command("import-checkpoint")
 def import_checkpoint_cmd(
     src: Annotated[str, typer.Argument(help="The released checkpoint file (.pth as saved by the paper's main.py, or a bare state dict).")],
@@ -256,6 +274,51 @@ def report_cmd(
 
     path = write_report(run_dirs, fmt, out)
     typer.echo(f"report: {path}")
+
+
+@app.command("freeze")
+def freeze_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A finished run directory (written by `lmconv-bench run`).")],
+    out: Annotated[str, typer.Option("--out", help="Reference CSV to write (e.g. results/reference/ci/mnist_top_half.csv).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Freeze a run's records as a reference CSV for `check` (records plus command, git commit,
+    date, run settings, checkpoint hashes and image ids in '# key: value' header lines)."""
+    from .check import freeze
+
+    typer.echo(f"wrote {freeze(run_dir, out, force=force)}")
+
+
+@app.command("check")
+def check_cmd(
+    reference: Annotated[list[str], typer.Option("--reference", help="Reference CSV(s) from `lmconv-bench freeze`; repeat for several, or pass a folder for every *.csv in it.")],
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Checkpoint(s) to check, one per model in the reference (default: the recorded reference checkpoints, by file name).")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option("--tolerance", help="Override a metric's tolerance: METRIC=ABS or METRIC=ABS:REL (defaults: test_bpd and cond_nll_bpd 1e-3 bits/dim, lpips 0.02, fid 1.0 or 5%, kid 0.005 or 10%).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Keep the recomputed run here (default: a temporary directory, removed afterwards).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass (does not change results).")] = 32,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
+    data_root: DataRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every compared cell as the last line.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
+) -> None:
+    """Regression check: recompute exactly the cells of reference CSV(s) on the recorded image ids
+    and compare with per-metric tolerances. Prints obtained / expected / diff; exits 1 on drift."""
+    from .check import check, print_check, reference_files, verdict
+
+    files = reference_files(reference)
+    results, failed = {}, False
+    for i, f in enumerate(files):
+        sub_out = None if out is None else (out if len(files) == 1 else str(Path(out) / Path(f).stem))
+        res = check(f, checkpoint, tolerance, data_root=data_root, out=sub_out, device=device,
+                    batch_size=batch_size, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
+        print_check(res, f)
+        typer.echo(f"{f}: {verdict(res)}")
+        results[str(f)] = res.table.to_dict(orient="records")
+        failed |= not res.ok
+    if as_json:
+        _print_json_last({"ok": not failed, "files": results})
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("weights")

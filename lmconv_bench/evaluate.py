@@ -59,6 +59,7 @@ class RunConfig:
     sampler: str = "cached"
     temperature: float = 1.0
     seed: int = 0
+    image_ids: tuple[str, ...] | None = None  # exactly these test ids (used by `check`); None = the profile's first N
     data_root: str | None = field(default=None, metadata={"result": False})
     out: str | None = field(default=None, metadata={"result": False})
     batch_size: int = field(default=32, metadata={"result": False})
@@ -71,6 +72,10 @@ class RunConfig:
              if self.__dataclass_fields__[k].metadata.get("result", True)}
         d["checkpoints"] = sorted(checkpoint_hashes.values())
         d["metrics"] = list(self.metrics) if self.metrics else None
+        if self.image_ids is None:
+            d.pop("image_ids")  # keeps the hashes of ordinary runs as they were
+        else:
+            d["image_ids"] = list(self.image_ids)
         return d
 
 
@@ -257,6 +262,8 @@ class Grid:
         return self.run
 
     def _images(self, task: TaskConfig) -> ImageSet:
+        if self.cfg.image_ids is not None:
+            return load_split(task.dataset, task.split, self.cfg.data_root, ids=list(self.cfg.image_ids))
         n = self.cfg.limit or task.profile(self.cfg.profile).n_images
         return load_split(task.dataset, task.split, self.cfg.data_root, limit=n)
 
@@ -450,12 +457,15 @@ class Grid:
         atomic_write_bytes(self.run.path / "examples" / f"{key}.npz", buf.getvalue())
 
 
-def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
-    """Run the grid (one process or torchrun); returns the run directory."""
+def run(cfg: RunConfig, argv: list[str] | None = None, summary: bool = True) -> Path:
+    """Run the grid (one process or torchrun); returns the run directory.
+
+    ``summary``: print the table of results at the end (when ``cfg.progress`` too).
+    """
     with dist.distributed(cfg.device) as ctx:
         grid = Grid(cfg, ctx, argv)
         rundir = grid.run_all()
-        if ctx.is_main and cfg.progress:
+        if ctx.is_main and cfg.progress and summary:
             print_summary(rundir.path)
     return rundir.path
 

@@ -93,7 +93,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import file_sha256, save_checkpoint
+from .checkpoints import file_sha256, save_checkpoint, state_mismatch
 from .errors import UserError, unknown
 from .models.base import ModelConfig
 from .models.likelihood import n_params as head_n_params
@@ -604,21 +604,11 @@ def import_official(
         raise UserError(f"official checkpoint {src}: nin_out has {facts['n_out']} outputs, the {head} head needs {expected_out}")
 
     model = LMConv(config)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3})" if len(missing) > 3 else ""))
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else ""))
-        if bad:
-            parts.append(f"shape mismatch at {bad[0]} (file {tuple(state[bad[0]].shape)}, model {tuple(own[bad[0]].shape)})")
+    problem = state_mismatch(model, state)
+    if problem:
         raise UserError(
             f"official checkpoint {src} does not fit the OurPixelCNN it describes "
-            f"(nr_resnet={arch['nr_resnet']}, nr_filters={arch['nr_filters']}, k={arch['kernel_size']}: {'; '.join(parts)}); "
+            f"(nr_resnet={arch['nr_resnet']}, nr_filters={arch['nr_filters']}, k={arch['kernel_size']}: {problem}); "
             "the file is damaged or from an unsupported version of the code"
         )
     if not all(v.is_floating_point() for v in state.values()):

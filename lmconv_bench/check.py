@@ -1,0 +1,316 @@
+"""Reference result files and the regression check on checkpoints.
+
+A *reference CSV* is the ``records.csv`` of one finished run, preceded by ``# key: value`` header
+lines that make it reproducible on its own::
+
+    # lmconv-bench reference results v1
+    # command: <the run's command line>
+    # git_commit: <commit of the code that produced the numbers>
+    # date: <UTC time of freezing>
+    # run_config: {"task": ..., "orders": ..., "samples": ..., "seed": ..., ...}   (JSON)
+    # checkpoints: {"<sha256>": "<file name in the reference checkpoint folder>", ...}
+    # image_ids: {"<task>": ["<id>", ...]}
+    run_id,task,...            (RECORD_COLUMNS, one row per measured value)
+
+:func:`freeze` writes one from a run directory. :func:`check` recomputes exactly the cells of such a
+file (same task, orders, metrics, samples, seeds and image ids), compares each value with the
+recorded one under a per-metric tolerance (:data:`TOLERANCES`) and reports the drifting cells.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UserError, unknown
+from .io_utils import atomic_write_text, check_writable
+from .records import METRIC_UNITS, RECORD_COLUMNS, read_records
+
+MAGIC = "# lmconv-bench reference results v1"
+HEADER_KEYS = ("command", "git_commit", "date", "run_config", "checkpoints", "image_ids")
+JSON_KEYS = ("run_config", "checkpoints", "image_ids")
+KEY_COLUMNS = ("task", "model", "preset", "order", "metric")
+
+#: (absolute, relative) tolerance per metric: a value passes when |obtained - expected| <=
+#: max(absolute, relative * |expected|). Likelihoods are deterministic up to float summation
+#: order, so their tolerance is tight (bits/dim); sampled metrics can change when one sample
+#: flips on other hardware, so theirs is looser.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "test_bpd": (1e-3, 0.0),
+    "cond_nll_bpd": (1e-3, 0.0),
+    "lpips": (0.02, 0.0),
+    "fid": (1.0, 0.05),
+    "kid": (0.005, 0.1),
+}
+
+
+# ------------------------------------------------------------------------------ reading / writing
+@dataclass
+class Reference:
+    """A parsed reference CSV: its header facts and its records (a DataFrame of RECORD_COLUMNS)."""
+
+    path: Path
+    command: str
+    git_commit: str
+    date: str
+    run_config: dict[str, Any]
+    checkpoints: dict[str, str]  # sha256 -> file name
+    image_ids: dict[str, list[str]]  # task -> ids
+    records: pd.DataFrame
+
+
+def read_reference(path: str | Path) -> Reference:
+    """Parse a reference CSV (UserError naming the problem if it is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"reference file {path} does not exist; pass a CSV written by `lmconv-bench freeze`")
+    text = path.read_text()
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != MAGIC:
+        raise UserError(f"{path} is not a lmconv-bench reference CSV (first line must be {MAGIC!r}); "
+                        "make one with `lmconv-bench freeze RUN_DIR --out CSV`")
+    header: dict[str, Any] = {}
+    n_header = 1
+    for line in lines[1:]:
+        if not line.startswith("#"):
+            break
+        n_header += 1
+        m = re.match(r"#\s*([a-z_]+):\s?(.*)$", line)
+        if m:
+            header[m.group(1)] = m.group(2)
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise UserError(f"{path} lacks header line(s) {', '.join(missing)}; regenerate it with `lmconv-bench freeze`")
+    for k in JSON_KEYS:
+        try:
+            header[k] = json.loads(header[k])
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: header '{k}' is not valid JSON; regenerate it with `lmconv-bench freeze`") from None
+    try:
+        records = pd.read_csv(io.StringIO("\n".join(lines[n_header:])))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise UserError(f"{path}: the records after the header are not a CSV table") from None
+    lacking = set(RECORD_COLUMNS) - set(records.columns)
+    if lacking or records.empty:
+        raise UserError(f"{path}: the records lack columns {sorted(lacking)} or are empty; regenerate it with `lmconv-bench freeze`")
+    return Reference(path, header["command"], header["git_commit"], header["date"], header["run_config"],
+                     header["checkpoints"], header["image_ids"], records)
+
+
+def freeze(run_dir: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write the records of a finished run as a reference CSV at ``out`` (atomically).
+
+    Refuses to overwrite an existing file unless ``force``.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    records = read_records(run_dir)
+    mpath = run_dir / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("image_ids") is None:
+        raise UserError(f"{run_dir} is not finished (its manifest has no image ids); rerun the same `lmconv-bench run` command to complete it")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to replace it, or choose another --out")
+    check_writable(out)
+    cfg = dict(manifest["config"])
+    cfg.pop("checkpoints", None)
+    checkpoints = {sha: Path(p).name for p, sha in manifest["checkpoints"].items()}
+    header = {
+        "command": manifest.get("command", ""),
+        "git_commit": manifest.get("git_commit") or "unknown",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_config": json.dumps(cfg, sort_keys=True),
+        "checkpoints": json.dumps(checkpoints, sort_keys=True),
+        "image_ids": json.dumps(manifest["image_ids"]),
+    }
+    body = io.StringIO()
+    records.to_csv(body, index=False, columns=list(RECORD_COLUMNS))
+    text = MAGIC + "\n" + "".join(f"# {k}: {v}\n" for k, v in header.items()) + body.getvalue()
+    atomic_write_text(out, text)
+    return out
+
+
+def reference_files(items: list[str]) -> list[Path]:
+    """Expand ``--reference`` arguments: files as given, folders to their ``*.csv`` (sorted)."""
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.csv"))
+            if not found:
+                raise UserError(f"{p} holds no *.csv reference files; pass a CSV written by `lmconv-bench freeze`")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"reference {p} does not exist; pass a CSV written by `lmconv-bench freeze`, or a folder of them")
+    return files
+
+
+# ------------------------------------------------------------------------------ recomputation
+def parse_tolerances(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``["lpips=0.05", "fid=2:0.1"]`` (absolute[:relative]) over :data:`TOLERANCES`."""
+    tol = dict(TOLERANCES)
+    for item in items or ():
+        name, _, val = item.partition("=")
+        if name not in METRIC_UNITS:
+            raise unknown("metric in --tolerance", name, tuple(METRIC_UNITS))
+        try:
+            parts = [float(v) for v in val.split(":")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or any(p < 0 or math.isnan(p) for p in parts):
+            raise UserError(f"--tolerance {item!r}: expected METRIC=ABS or METRIC=ABS:REL with non-negative numbers, e.g. lpips=0.05")
+        tol[name] = (parts[0], parts[1] if len(parts) == 2 else 0.0)
+    return tol
+
+
+def _orders_spec(ref: Reference) -> str:
+    """The order SPEC that recomputes exactly the reference's cells.
+
+    An ensemble row carries its SPEC (``ensemble(SPEC)``); otherwise the individual any-order
+    orders are listed (fixed-order models evaluate their own order whatever the SPEC).
+    """
+    orders = [str(o) for o in ref.records["order"].unique()]
+    ens = [o[len("ensemble("):-1] for o in orders if o.startswith("ensemble(") and o.endswith(")")]
+    if len(set(ens)) > 1:
+        raise UserError(f"{ref.path} mixes ensembles of different order SPECs {sorted(set(ens))}; split it into one file per SPEC")
+    if ens:
+        return ens[0]
+    from .models.base import get_model_class
+
+    rows = ref.records
+    any_order = [m for m in rows["model"].unique() if get_model_class(str(m)).fixed_order is None]
+    names = rows[rows["model"].isin(any_order)]["order"].unique().tolist()
+    if not names:  # only fixed-order models: they evaluate their own order whatever the SPEC
+        names = rows["order"].unique().tolist()
+    return ",".join(dict.fromkeys(str(o) for o in names))
+
+
+def _resolve_checkpoints(ref: Reference, given: list[str] | None, log) -> list[str]:
+    """Checkpoint paths to evaluate: the given ones, or the recorded reference files by name."""
+    from .checkpoints import read_config
+    from .io_utils import file_sha256
+    from .reference import reference_dir
+
+    models = sorted(set(ref.records["model"]))
+    if given:
+        paths = list(given)
+        by_model = {read_config(p).model: p for p in paths}
+        lacking = [m for m in models if m not in by_model]
+        if lacking:
+            raise UserError(f"the reference has cells for model(s) {', '.join(lacking)} but no --checkpoint of that model was given; "
+                            "pass one per model, or omit --checkpoint to use the reference checkpoints")
+        return [by_model[m] for m in models]
+    paths = []
+    for sha, name in sorted(ref.checkpoints.items(), key=lambda kv: kv[1]):
+        p = reference_dir() / name
+        if not p.is_file():
+            raise UserError(f"reference checkpoint {name} is not in {reference_dir()}; pass --checkpoint PATH "
+                            "or set LMCONV_BENCH_REFERENCE_DIR to the folder that holds it")
+        if file_sha256(p) != sha:
+            log(f"note: {p} differs from the checkpoint the reference was made with (sha256 {sha[:12]}); checking it anyway")
+        paths.append(str(p))
+    return paths
+
+
+@dataclass
+class CheckResult:
+    table: pd.DataFrame  # one row per reference cell: keys, expected, obtained, diff, tolerance, ok
+    run_dir: Path
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.table[~self.table["ok"]]
+
+    @property
+    def ok(self) -> bool:
+        return self.failed.empty
+
+
+def compare(expected: pd.DataFrame, obtained: pd.DataFrame, tol: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """Join expected and obtained records on (task, model, preset, order, metric) and test each.
+
+    A reference cell with no obtained value fails (``obtained`` NaN).
+    """
+    exp = expected[list(KEY_COLUMNS) + ["value"]].rename(columns={"value": "expected"})
+    dup = exp.duplicated(list(KEY_COLUMNS))
+    if dup.any():
+        raise UserError("the reference has several values for the same task/model/preset/order/metric; "
+                        "it must come from one run with one checkpoint per model")
+    got = obtained[list(KEY_COLUMNS) + ["value"]].rename(columns={"value": "obtained"})
+    t = exp.merge(got, on=list(KEY_COLUMNS), how="left")
+    t["diff"] = t["obtained"] - t["expected"]
+    t["tolerance"] = [max(tol[m][0], tol[m][1] * abs(e)) for m, e in zip(t["metric"], t["expected"])]
+    t["ok"] = t["diff"].abs() <= t["tolerance"]  # NaN (missing or non-finite) compares False
+    return t
+
+
+def check(reference: str | Path, checkpoints: list[str] | None = None, tolerances: list[str] | None = None,
+          data_root: str | None = None, out: str | None = None, device: str = "auto", batch_size: int = 32,
+          progress: bool = True, log=print) -> CheckResult:
+    """Recompute the cells of a reference CSV and compare them (see the module docstring)."""
+    from .evaluate import RunConfig, run
+
+    ref = read_reference(reference)
+    tol = parse_tolerances(tolerances)
+    rc = ref.run_config
+    tasks = sorted(set(ref.records["task"]))
+    if len(tasks) != 1:
+        raise UserError(f"{ref.path} holds records of {len(tasks)} tasks; a reference file covers one task")
+    ids = ref.image_ids.get(tasks[0])
+    if not ids:
+        raise UserError(f"{ref.path}: no image ids recorded for task {tasks[0]}; regenerate it with `lmconv-bench freeze`")
+    paths = _resolve_checkpoints(ref, checkpoints, log)
+    metrics = tuple(dict.fromkeys(str(m) for m in ref.records["metric"]))
+    tmp = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lmconv-bench-check-")
+        out = str(Path(tmp.name) / "run")
+    cfg = RunConfig(
+        task=tasks[0], orders=_orders_spec(ref), checkpoints=tuple(paths), profile=rc.get("profile", "quick"),
+        limit=rc.get("limit"), metrics=metrics, samples=int(rc.get("samples", 1)),
+        sampler=rc.get("sampler", "cached"), temperature=float(rc.get("temperature", 1.0)),
+        seed=int(rc.get("seed", 0)), image_ids=tuple(str(i) for i in ids), data_root=data_root, out=out,
+        batch_size=batch_size, device=device, progress=progress,
+    )
+    try:
+        run_dir = run(cfg, argv=["lmconv-bench", "check", "--reference", str(reference)], summary=False)
+        table = compare(ref.records, read_records(run_dir), tol)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return CheckResult(table, Path(out))
+
+
+def print_check(result: CheckResult, reference: str | Path) -> None:
+    """The obtained / expected / diff table (rich), then one verdict line naming drifting cells."""
+    from rich.table import Table
+
+    from .progress import console
+
+    t = result.table
+    table = Table(title=f"check: {reference}")
+    for col in ("task", "model", "order", "metric", "expected", "obtained", "diff", "tolerance", "status"):
+        table.add_column(col, justify="right" if col in ("expected", "obtained", "diff", "tolerance") else "left")
+    for r in t.itertuples():
+        table.add_row(r.task, r.model, r.order, r.metric, f"{r.expected:.6g}", f"{r.obtained:.6g}",
+                      f"{r.diff:+.3g}", f"{r.tolerance:.3g}", "ok" if r.ok else "DRIFT")
+    console().print(table)
+
+
+def verdict(result: CheckResult) -> str:
+    """One line: ``ok: N cells within tolerance`` or ``FAILED: k of N cells drifted: cell; cell``."""
+    n = len(result.table)
+    if result.ok:
+        return f"ok: all {n} cells within tolerance"
+    cells = "; ".join(f"{r.task} {r.model} {r.order} {r.metric} ({r.diff:+.4g})" for r in result.failed.itertuples())
+    return f"FAILED: {len(result.failed)} of {n} cells drifted: {cells}"
