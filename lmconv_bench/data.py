@@ -452,13 +452,20 @@ def _idx_count(path: Path) -> int | None:
         return None
 
 
-def _mnist_inspect(name: str, root: Path, verify: bool) -> dict:
+def _inspect_file_splits(name: str, root: Path, verify: bool, folder: Path,
+                         missing_files: Callable[[Path, str], list[Path]],
+                         nominal_count: Callable[[str], int | None]) -> dict:
+    """Inspection of a dataset stored as fixed files per train/test split (MNIST, CIFAR-10).
+
+    ``missing_files(root, split)`` lists absent files; ``nominal_count(split)`` is the count
+    reported without ``verify`` (which loads the split and counts it instead).
+    """
     counts: dict[str, int | None] = {}
     notes: list[str] = []
     errors: list[str] = []
     present = []
     for split in ("train", "test"):
-        missing = _mnist_missing(root, split)
+        missing = missing_files(root, split)
         present.append(not missing)
         if missing:
             counts[split] = None
@@ -466,8 +473,13 @@ def _mnist_inspect(name: str, root: Path, verify: bool) -> dict:
         elif verify:
             counts[split] = _verify_count(name, split, root, notes, errors)
         else:
-            counts[split] = _idx_count(_mnist_dir(root) / _MNIST_FILES[split][0])
-    return _report(name, _mnist_dir(root), _status(present), counts, notes, errors, verify)
+            counts[split] = nominal_count(split)
+    return _report(name, folder, _status(present), counts, notes, errors, verify)
+
+
+def _mnist_inspect(name: str, root: Path, verify: bool) -> dict:
+    return _inspect_file_splits(name, root, verify, _mnist_dir(root), _mnist_missing,
+                                lambda split: _idx_count(_mnist_dir(root) / _MNIST_FILES[split][0]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,22 +617,9 @@ def _cifar_download(root: Path, split: str) -> None:
 
 
 def _cifar_inspect(name: str, root: Path, verify: bool) -> dict:
-    d = root / _CIFAR_DIR
-    counts: dict[str, int | None] = {}
-    notes: list[str] = []
-    errors: list[str] = []
-    present = []
-    for split in ("train", "test"):
-        missing = _cifar_missing(root, split)
-        present.append(not missing)
-        if missing:
-            counts[split] = None
-            notes.append(f"{split}: missing {', '.join(p.name for p in missing)}")
-        elif verify:
-            counts[split] = _verify_count(name, split, root, notes, errors)
-        else:  # nominal: 10,000 images per batch file
-            counts[split] = 10000 * len(_cifar_files(split))
-    return _report(name, d, _status(present), counts, notes, errors, verify)
+    # nominal count: 10,000 images per batch file
+    return _inspect_file_splits(name, root, verify, root / _CIFAR_DIR, _cifar_missing,
+                                lambda split: 10000 * len(_cifar_files(split)))
 
 
 # --------------------------------------------------------------------------------------------

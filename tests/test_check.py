@@ -133,3 +133,22 @@ def test_publish_writes_weights_and_a_card_with_independently_checked_bpd(tmp_pa
     assert torch.equal(loaded.log_prob(x[:1], O.get_order("s_curve/0", 28, 28)), model.log_prob(x[:1], O.get_order("s_curve/0", 28, 28)))
     with pytest.raises(UserError, match="--force"):
         publish(src, "lm-tiny", eval_images=5, data_root=str(data_root))
+
+
+@pytest.mark.slow
+def test_run_without_checkpoint_uses_the_reference_checkpoints(tmp_path, data_root):
+    from lmconv_bench.checkpoints import read_config
+
+    refs = reference_checkpoints("mnist")
+    assert {read_config(p).model for p in refs} == {"lmconv", "pixelcnnpp"}
+    out = tmp_path / "run"
+    r = _cli("run", "--task", "top_half", "--orders", "s_curve/0", "--limit", 2, "--metrics", "test_bpd",
+             "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out / "records.csv")
+    assert set(zip(df.model, df.order)) == {("lmconv", "s_curve/0"), ("pixelcnnpp", "raster/0")}
+    assert set(df.task) == {"mnist_top_half"} and (df.n == 2).all()
+    import json
+
+    used = json.loads((out / "manifest.json").read_text())["checkpoints"]
+    assert sorted(Path(p).resolve() for p in used) == sorted(p.resolve() for p in refs)
