@@ -192,13 +192,15 @@ class Grid:
 
         paths = list(self.cfg.checkpoints)
         if not paths:
-            from .reference import reference_checkpoints
+            from .reference import reference_checkpoints, reference_dir
 
             paths = [str(p) for t in self.tasks for p in reference_checkpoints(t.dataset)]
-            if not paths:
+            lacking = sorted({t.dataset for t in self.tasks} - {read_config(p).dataset for p in paths})
+            if lacking:
                 raise UserError(
-                    f"no --checkpoint given and no reference checkpoint ships for {self.tasks[0].dataset}; "
-                    "train one with `lmconv-bench train` and pass --checkpoint PATH"
+                    f"no --checkpoint given and no reference checkpoint for {', '.join(lacking)} in {reference_dir()}; "
+                    "pass --checkpoint PATH (train one with `lmconv-bench train`), or set LMCONV_BENCH_REFERENCE_DIR "
+                    "to a folder of reference checkpoints"
                 )
         by_ds: dict[str, list[ModelEntry]] = {t.dataset: [] for t in self.tasks}
         for p in dict.fromkeys(paths):

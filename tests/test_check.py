@@ -152,3 +152,14 @@ def test_run_without_checkpoint_uses_the_reference_checkpoints(tmp_path, data_ro
 
     used = json.loads((out / "manifest.json").read_text())["checkpoints"]
     assert sorted(Path(p).resolve() for p in used) == sorted(p.resolve() for p in refs)
+
+
+def test_run_without_checkpoint_or_reference_names_the_fix(tmp_path, data_root):
+    env_dir = tmp_path / "empty"
+    env_dir.mkdir()
+    r = subprocess.run([sys.executable, "-m", "lmconv_bench", "run", "--task", "mnist_center", "--limit", "2",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                       env={**os.environ, "LMCONV_BENCH_REFERENCE_DIR": str(env_dir)}, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "no reference checkpoint for mnist" in r.stderr and "--checkpoint PATH" in r.stderr
+    assert not (tmp_path / "run").exists()
