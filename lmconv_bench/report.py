@@ -121,9 +121,10 @@ def _best_mask(values: pd.DataFrame) -> pd.DataFrame:
     return values.apply(lambda col: col == col.min(skipna=True), axis=0).fillna(False)
 
 
-def to_latex(disp: pd.DataFrame, values: pd.DataFrame, caption: str, label: str) -> str:
-    """LaTeX via pandas Styler: every cell, index label and header escaped; booktabs; best bold."""
-    best = _best_mask(values)
+def to_latex(disp: pd.DataFrame, values: pd.DataFrame, caption: str, label: str, best: pd.DataFrame | None = None) -> str:
+    """LaTeX via pandas Styler: every cell, index label and header escaped; booktabs; best bold
+    (``best``: a boolean mask; default the minimum of each column)."""
+    best = _best_mask(values) if best is None else best
     styler = (
         disp.style.format(escape="latex")
         .format_index(escape="latex", axis=0)
@@ -140,8 +141,8 @@ def to_latex(disp: pd.DataFrame, values: pd.DataFrame, caption: str, label: str)
     return text.replace("±", r"$\pm$")
 
 
-def to_markdown(disp: pd.DataFrame, values: pd.DataFrame, caption: str) -> str:
-    best = _best_mask(values)
+def to_markdown(disp: pd.DataFrame, values: pd.DataFrame, caption: str, best: pd.DataFrame | None = None) -> str:
+    best = _best_mask(values) if best is None else best
     head = [disp.index.name or ""] + [str(c) for c in disp.columns]
     lines = [f"**{caption}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, idx in enumerate(disp.index):
@@ -169,7 +170,56 @@ def build_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
         ctx = ", ".join(sorted(set(g["context"].astype(str))))
         tables.append({"name": f"task_{task}", "caption": f"{task}: completion metrics, lower is better "
                        f"(context: {ctx}){note}", "display": disp, "values": vals, "long": g})
+    summary = summary_table(df)
+    if summary is not None:
+        disp, vals, best = summary
+        tables.append({"name": "summary", "best": best, "caption": "Per task: the raster baseline against LMConv (order ensemble, "
+                       f"and the mean over its trained orders); lower is better{note}", "display": disp, "values": vals,
+                       "long": df[df["metric"].isin(TASK_METRICS)]})
     return tables
+
+
+def summary_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+    """Rows = task, columns = (metric, arm): fixed-order baselines, the any-order model's order
+    ensemble, and the mean over its trained single orders (± the stderr of that mean across orders).
+
+    None when the records hold no task metric.
+    """
+    d = df[df["metric"].isin(TASK_METRICS)].copy()
+    if d.empty:
+        return None
+    d["trained"] = d["order_trained"].map(lambda v: v if isinstance(v, bool) else str(v).lower() == "true")
+    d["is_ens"] = d["order"].astype(str).str.startswith("ensemble(")
+    pieces = []
+    for (task, model, metric), g in d.groupby(["task", "model", "metric"], sort=False):
+        singles = g[~g["is_ens"]]
+        if len(singles) == 1 and not g["is_ens"].any():  # a fixed-order model: one value
+            r = singles.iloc[0]
+            pieces.append((task, metric, f"{model} {r['order']}", r["value"], r["stderr"]))
+            continue
+        for r in g[g["is_ens"]].itertuples():
+            pieces.append((task, metric, f"{model} ensemble", r.value, r.stderr))
+        tr = singles[singles["trained"]]
+        if len(tr):
+            err = tr["value"].std(ddof=1) / math.sqrt(len(tr)) if len(tr) > 1 else float("nan")
+            pieces.append((task, metric, f"{model} mean of {len(tr)} orders", tr["value"].mean(), err))
+    long = pd.DataFrame(pieces, columns=["task", "metric", "arm", "value", "stderr"])
+    long["col"] = long["metric"] + ": " + long["arm"]
+    metric_of = dict(zip(long["col"], long["metric"]))
+    cols = sorted(metric_of, key=lambda c: (TASK_METRICS.index(metric_of[c]), c))
+    values = long.pivot(index="task", columns="col", values="value")[cols]
+    errs = long.pivot(index="task", columns="col", values="stderr")[cols]
+    disp = values.copy().astype(object)
+    for c in cols:
+        disp[c] = [_cell(v, e, DIGITS[metric_of[c]]) for v, e in zip(values[c], errs[c])]
+    disp.index.name, disp.columns.name = "task", "metric: model"
+    # the best arm per task and metric: row-wise within each metric's columns
+    best = pd.DataFrame(False, index=values.index, columns=cols)
+    for m in TASK_METRICS:
+        mc = [c for c in cols if metric_of[c] == m]
+        if mc:
+            best[mc] = values[mc].eq(values[mc].min(axis=1), axis=0)
+    return disp, values, best
 
 
 def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None = None) -> Path:
@@ -183,9 +233,9 @@ def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None
     for t in build_tables(df):
         target = out_dir / f"{t['name']}.{ext}"
         if fmt == "latex":
-            atomic_write_text(target, to_latex(t["display"], t["values"], t["caption"], f"tab:{t['name']}"))
+            atomic_write_text(target, to_latex(t["display"], t["values"], t["caption"], f"tab:{t['name']}", t.get("best")))
         elif fmt == "markdown":
-            atomic_write_text(target, to_markdown(t["display"], t["values"], t["caption"]))
+            atomic_write_text(target, to_markdown(t["display"], t["values"], t["caption"], t.get("best")))
         else:
             atomic_write_text(target, t["long"].to_csv(index=False))
     comps = [pd.read_csv(p / "comparisons.csv") for p in paths if (p / "comparisons.csv").exists()]

@@ -96,3 +96,22 @@ def test_run_dir_refuses_other_configuration(tmp_path):
     with pytest.raises(UserError, match="not a lmconv-bench run"):
         RunDir(tmp_path / "other", {"a": 1}).open({})
     assert (tmp_path / "other" / "keep.txt").read_text() == "x"
+
+
+def test_summary_table_contrasts_baseline_ensemble_and_order_mean():
+    from lmconv_bench.report import summary_table
+
+    rows = [_row(order="s_curve/0", value=1.0), _row(order="s_curve/1", value=1.2),
+            _row(order="hilbert/0", order_trained=False, value=5.0),  # untrained: not in the mean
+            _row(order="ensemble(s_curve)", value=0.9),
+            _row(model="pixelcnnpp", order="raster/0", value=1.5),
+            _row(task="mnist_center", model="pixelcnnpp", order="raster/0", value=0.7),
+            _row(task="mnist_center", order="ensemble(s_curve)", value=0.8)]
+    disp, values, best = summary_table(pd.DataFrame(rows))
+    assert values.loc["mnist_top_half", "cond_nll_bpd: lmconv mean of 2 orders"] == pytest.approx(1.1)
+    assert disp.loc["mnist_top_half", "cond_nll_bpd: lmconv mean of 2 orders"] == "1.100 ± 0.100"
+    assert values.loc["mnist_top_half", "cond_nll_bpd: pixelcnnpp raster/0"] == 1.5
+    # best is per task (row), not per column
+    assert best.loc["mnist_top_half", "cond_nll_bpd: lmconv ensemble"]
+    assert best.loc["mnist_center", "cond_nll_bpd: pixelcnnpp raster/0"]
+    assert not best.loc["mnist_center", "cond_nll_bpd: lmconv ensemble"]
