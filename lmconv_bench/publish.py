@@ -151,7 +151,8 @@ def render_card(name, model, meta, state, tb, log, sha, hw, note) -> str:
         f"- **Trained orders** ({len(cfg.trained_orders)}): {orders}.",
         f"- **Data:** `{cfg.dataset}` training split ({info.height}x{info.width}x{info.channels}, {cfg.n_bits} bits); "
         f"{tc.get('train_limit') or 'all'} training images.",
-        f"- **Command:** `{train_command(tc)}` (continued with `--resume` across sessions; resumption is exact).",
+        f"- **Command:** `{train_command(tc)}`"
+        + (" (continued with `--resume` across sessions; resumption is exact)." if tc.get("resume") else "."),
         f"- **Steps:** {meta.get('step')} at batch {tc.get('batch_size')} x {meta.get('world_size', 1)} process(es) "
         f"= {float(meta.get('epoch', 0)):.2f} epochs.",
         f"- **Wall time:** {wall / 60:.1f} min of training (evaluation included)." if wall else "- **Wall time:** not recorded.",
