@@ -72,6 +72,20 @@ def test_fid_matches_sqrtm_formula_for_different_covariances():
     torch.testing.assert_close(fidelity.fid_kid(f2, f1, kid_subsets=2)["fid"], expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("n_gen,n_ref", [(24, 90), (90, 24), (24, 24)])
+def test_low_rank_fid_equals_torch_fidelity_sqrtm_when_samples_are_fewer_than_dims(n_gen, n_ref):
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(40, 128))
+    gen = torch.from_numpy(np.maximum(rng.normal(size=(n_gen, 40)) @ mix, 0))
+    ref = torch.from_numpy(np.maximum(rng.normal(size=(n_ref, 40)) @ mix + 0.4, 0))
+    expected = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(ref), False)
+    got = fidelity.fid_kid(gen, ref, kid_subsets=2)["fid"]  # min(n) <= D: the low-rank route
+    assert got == fidelity.frechet_distance_low_rank(gen, ref)
+    torch.testing.assert_close(got, expected["frechet_inception_distance"], rtol=1e-6, atol=1e-6)
+
+
 def test_kid_subset_size_rule_and_determinism():
     rng = np.random.default_rng(2)
     a, b = torch.from_numpy(rng.normal(size=(30, 16))), torch.from_numpy(rng.normal(size=(40, 16)) + 0.5)
