@@ -93,6 +93,15 @@ def _label(r) -> str:
     return lab if trained else lab + " (untrained)"
 
 
+def _row_sort_key(model: str, order: str) -> tuple:
+    """Rows by model, then order family and variant number, ensembles after their orders."""
+    order = str(order)
+    if order.startswith("ensemble("):
+        return (str(model), 1, order, 0)
+    base, _, k = order.partition("/")
+    return (str(model), 0, base, int(k) if k.isdigit() else 0)
+
+
 def _cell(value: float, err: float, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -108,6 +117,7 @@ def pivot(df: pd.DataFrame, rows: str, cols: str, metric_of_col=None) -> tuple[p
     df = df.drop_duplicates(["row", cols], keep="first")
     values = df.pivot(index="row", columns=cols, values="value")
     errs = df.pivot(index="row", columns=cols, values="stderr")
+    df = df.assign(_key=[_row_sort_key(m, o) for m, o in zip(df["model"], df["order"])]).sort_values("_key", kind="stable")
     row_order = list(dict.fromkeys(df["row"]))
     values, errs = values.loc[row_order], errs.loc[row_order]
     disp = values.copy().astype(object)
