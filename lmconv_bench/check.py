@@ -251,7 +251,12 @@ def compare(expected: pd.DataFrame, obtained: pd.DataFrame, tol: dict[str, tuple
     t["diff"] = t["obtained"] - t["expected"]
     t["tolerance"] = [max(tol[m][0], tol[m][1] * abs(e)) for m, e in zip(t["metric"], t["expected"])]
     t["ok"] = t["diff"].abs() <= t["tolerance"]  # NaN (missing or non-finite) compares False
-    return t
+    from .report import TASK_METRICS, _row_sort_key
+
+    rank = {m: i for i, m in enumerate(("test_bpd", *TASK_METRICS))}
+    keys = [(task, *_row_sort_key(model, order), rank.get(metric, 99))
+            for task, model, order, metric in zip(t["task"], t["model"], t["order"], t["metric"])]
+    return t.iloc[sorted(range(len(t)), key=keys.__getitem__)].reset_index(drop=True)
 
 
 def check(reference: str | Path, checkpoints: list[str] | None = None, tolerances: list[str] | None = None,

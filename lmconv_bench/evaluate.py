@@ -167,6 +167,16 @@ def _summary_row(base, metric, per_image: np.ndarray, seed: int, **kw):
     return _row(base, metric, s["mean"], s["n"], s["stderr"], s["ci_low"], s["ci_high"], **kw)
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as a user would type it: ``lmconv-bench ...`` rather than the script's full path."""
+    import shlex
+
+    prog = Path(argv[0]).name if argv else "lmconv-bench"
+    if prog in ("__main__.py", "lmconv_bench"):
+        prog = "lmconv-bench"
+    return " ".join([prog, *(shlex.quote(a) for a in argv[1:])])
+
+
 class Grid:
     """Runs one ``RunConfig``; see the module docstring."""
 
@@ -226,7 +236,7 @@ class Grid:
 
         m = {
             "run_id": self.run_id,
-            "command": " ".join(self.argv),
+            "command": command_line(self.argv),
             "tasks": [t.to_dict() for t in self.tasks],
             "checkpoints": {e.path: e.sha256 for es in self.models.values() for e in es},
             "device": str(self.ctx.device),

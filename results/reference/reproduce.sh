@@ -19,7 +19,7 @@ mode="${1:-published}"
 case "$mode" in
     ci)
         datasets="mnist"
-        families="top_half center"
+        families="center top_half random"
         n_images=16
         out_csv="results/reference/ci"
         ;;
