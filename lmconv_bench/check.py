@@ -300,7 +300,7 @@ def print_check(result: CheckResult, reference: str | Path) -> None:
     """The obtained / expected / diff table (rich), then one verdict line naming drifting cells."""
     from rich.table import Table
 
-    from .progress import console
+    from .progress import stdout_console
 
     t = result.table
     table = Table(title=f"check: {reference}")
@@ -309,7 +309,7 @@ def print_check(result: CheckResult, reference: str | Path) -> None:
     for r in t.itertuples():
         table.add_row(r.task, r.model, r.order, r.metric, f"{r.expected:.6g}", f"{r.obtained:.6g}",
                       f"{r.diff:+.3g}", f"{r.tolerance:.3g}", "ok" if r.ok else "DRIFT")
-    console().print(table)
+    stdout_console().print(table)
 
 
 def verdict(result: CheckResult) -> str:

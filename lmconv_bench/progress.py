@@ -29,3 +29,9 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
 def console() -> Console:
     """The stderr console used for progress and summaries."""
     return _console
+
+
+def stdout_console() -> Console:
+    """A console on stdout (results a command exists to print), 160 wide when not a terminal."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
