@@ -313,7 +313,8 @@ def check_cmd(
                     batch_size=batch_size, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
         print_check(res, f)
         typer.echo(f"{f}: {verdict(res)}")
-        results[str(f)] = res.table.to_dict(orient="records")
+        table = res.table.astype(object)
+        results[str(f)] = table.where(table.notna(), None).to_dict(orient="records")  # NaN -> null
         failed |= not res.ok
     if as_json:
         _print_json_last({"ok": not failed, "files": results})

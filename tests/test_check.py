@@ -98,8 +98,14 @@ def test_check_passes_on_reference_and_fails_when_one_weight_is_perturbed(tmp_pa
         w = next(p for n, p in model.named_parameters() if p.dim() == 4)
         w.view(-1)[0] += 0.5
     bad = save_checkpoint(tmp_path / "perturbed.safetensors", model, read_meta(lm))
-    drift = _cli("check", "--reference", csv, "--checkpoint", bad, "--no-progress")
+    drift = _cli("check", "--reference", csv, "--checkpoint", bad, "--no-progress", "--json")
     assert drift.returncode == 1, drift.stdout + drift.stderr
+    import json
+
+    report = json.loads(drift.stdout.strip().splitlines()[-1])
+    cells = report["files"][str(csv)]
+    assert report["ok"] is False and len(cells) == 6
+    assert {(c["order"], c["metric"]) for c in cells if not c["ok"]} >= {("s_curve/0", "test_bpd")}
     assert "DRIFT" in drift.stdout and "FAILED:" in drift.stdout
     verdict_line = next(line for line in drift.stdout.splitlines() if "FAILED:" in line)
     assert "mnist_top_half lmconv s_curve/0 test_bpd" in verdict_line
