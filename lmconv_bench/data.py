@@ -15,10 +15,16 @@ name            C x H x W   n_bits  splits                           id
 Images are ``uint8 [N, C, H, W]`` with values ``0 .. 2**n_bits - 1``. Models work on
 ``to_model_range(x, n_bits)`` (float32 in [-1, 1]); ``from_model_range`` inverts it.
 
-Ordering: every split is returned sorted by id (MNIST ids numerically, file names
-lexicographically), so ``limit=N`` takes the first N ids in that order whatever the row order
-of the files on disk (the shared CIFAR-10 copy is re-packed in a different row order; ids and
-therefore results are unaffected).
+Ordering: every split is returned in a fixed order of its ids, so ``limit=N`` takes the same
+first N ids whatever the row order of the files on disk (the shared CIFAR-10 copy is re-packed in
+a different row order; ids and therefore results are unaffected):
+
+- MNIST ids numerically and CelebA file names lexicographically: the official order, which is
+  already class-mixed.
+- CIFAR-10 by ``(sha256(file name), file name)``. Its file names start with a sub-class word
+  (``"abandoned_ship_s_000213.png"``), so a lexicographic order would put only 4 of the 10
+  classes in the first 128 test images; the hash order is a fixed pseudo-random permutation, so
+  every prefix is a class-mixed sample (the first 128 test images cover all 10 classes).
 
 Per-dataset details:
 
@@ -310,7 +316,8 @@ def load_split(
 ) -> ImageSet:
     """Load one split of a registered dataset as uint8 tensors.
 
-    Images come sorted by id (MNIST ids numerically, file names lexicographically).
+    Images come in the dataset's fixed id order (module docstring: numerically for MNIST,
+    lexicographically for CelebA, by a hash of the file name for CIFAR-10).
     ``ids`` selects exactly those ids, in the order given (``UserError`` naming any missing or
     repeated id). ``limit`` then keeps the first ``limit`` images (of the sorted split, or of the
     ``ids`` selection); a limit above the split size returns everything; ``limit <= 0`` is a
@@ -595,9 +602,14 @@ def _cifar_load(root: Path, split: str) -> _Split:
             "copy?); the content check passed (shapes, counts, 10 balanced classes, batches.meta) "
             "and image ids are the file names, so results are unaffected",
         )
-    order = np.argsort(np.asarray(names), kind="stable")
+    order = sorted(range(len(names)), key=lambda i: cifar_id_order_key(names[i]))
     images = torch.from_numpy(data[order].reshape(-1, 3, 32, 32).copy())
     return _Split(images, tuple(names[i] for i in order), torch.from_numpy(label_arr[order]))
+
+
+def cifar_id_order_key(name: str) -> tuple[str, str]:
+    """Sort key of a CIFAR-10 id (file name): its sha256 hex digest, then the name itself."""
+    return hashlib.sha256(name.encode()).hexdigest(), name
 
 
 def _cifar_download(root: Path, split: str) -> None:

@@ -1,5 +1,9 @@
 """Shared fixtures.
 
+``one_torch_thread``: runs a test module on one torch thread (modules opt in with
+``pytestmark = pytest.mark.usefixtures("one_torch_thread")``). Tiny networks run fastest on one
+thread, and are immune to OpenMP stalls on a busy 2-core machine.
+
 ``data_root``: the directory with the real data sets (``LMCONV_BENCH_DATA``). Tests that need
 real data skip with the reason when it is absent, unless ``LMCONV_BENCH_REQUIRE_DATA=1``
 (as in CI), where they fail instead.
@@ -11,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def _require_data() -> bool:
@@ -36,3 +41,12 @@ def data_root() -> Path:
             pytest.fail("LMCONV_BENCH_REQUIRE_DATA=1 but LMCONV_BENCH_DATA is not set")
         pytest.skip("LMCONV_BENCH_DATA is not set; real-data tests skipped")
     return need_path(Path(env), "data directory")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Set ``torch.set_num_threads(1)`` for the module, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

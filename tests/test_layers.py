@@ -12,13 +12,7 @@ from torch.testing import assert_close
 from lmconv_bench.models import layers as L
 from lmconv_bench.orders import BASE_ORDERS, get_order, kernel_masks
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CONFIGS = [(3, 1, False), (3, 1, True), (3, 2, True), (3, 2, False), (5, 1, True), (5, 2, False)]

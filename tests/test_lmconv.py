@@ -12,13 +12,7 @@ from lmconv_bench.models.lmconv import PRESETS, LMConv
 from lmconv_bench.orders import BASE_ORDERS, get_order, kernel_masks, ranks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread is faster, and immune to OpenMP stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(channels=1, size=8, dtype=torch.float64, head="logistic_mixture", n_bits=8, seed=0, **arch):

@@ -11,13 +11,7 @@ from lmconv_bench.models.base import ModelConfig, build_model, get_model_class, 
 from lmconv_bench.orders import get_order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run fastest on one thread (and far faster on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(c: int, h: int, w: int, head: str = "logistic_mixture", n_bits: int = 8, **arch) -> ModelConfig:

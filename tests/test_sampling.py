@@ -24,13 +24,7 @@ from lmconv_bench.orders import get_order, is_observed_first, observed_first
 from lmconv_bench.sampling import _StepNet, cached_complete, sample_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is faster, and immune to OpenMP stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def net(c=1, size=8, head="logistic_mixture", n_bits=8, seed=0, dtype=torch.float64, **arch) -> LMConv:
@@ -105,15 +99,15 @@ def test_step_network_equals_forward_at_every_position(name):
     assert_close(got, want, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [
-        pytest.param({"normalization": "pono"}, id="pono"),
-        pytest.param({"normalization": "weight_norm"}, id="weight_norm"),
-        pytest.param({"normalization": "none", "conv_bias": False}, id="none-nobias"),
-        pytest.param({"nr_resnet": 2, "kernel_size": 5, "max_dilation": 3}, id="k5-d3-nr2"),
-    ],
-)
+# Architectures other than the tiny preset (pono normalization, kernel 3, dilation 2, 1 resnet).
+ARCH_VARIANTS = [
+    pytest.param({"normalization": "weight_norm"}, id="weight_norm"),
+    pytest.param({"normalization": "none", "conv_bias": False}, id="none-nobias"),
+    pytest.param({"nr_resnet": 2, "kernel_size": 5, "max_dilation": 3}, id="k5-d3-nr2"),
+]
+
+
+@pytest.mark.parametrize("arch", [pytest.param({"normalization": "pono"}, id="pono"), *ARCH_VARIANTS])
 def test_step_network_equals_forward_arch_variants(arch):
     model = net(size=8, c=3, **arch)
     x = images(model, 2)
@@ -154,14 +148,7 @@ def test_matches_naive_masks(family, params, c):
     assert_same_completion(model, x, missing, perm)
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [
-        pytest.param({"normalization": "weight_norm"}, id="weight_norm"),
-        pytest.param({"normalization": "none", "conv_bias": False}, id="none-nobias"),
-        pytest.param({"nr_resnet": 2, "kernel_size": 5, "max_dilation": 3}, id="k5-d3-nr2"),
-    ],
-)
+@pytest.mark.parametrize("arch", ARCH_VARIANTS)
 def test_matches_naive_arch_variants(arch):
     model = net(c=3, size=8, **arch)
     x = images(model, 2)

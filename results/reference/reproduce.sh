@@ -35,7 +35,6 @@ case "$mode" in
         ;;
 esac
 
-runs=()
 for ds in $datasets; do
     for fam in $families; do
         task="${ds}_${fam}"
@@ -43,11 +42,12 @@ for ds in $datasets; do
         run_dir="results/runs/reference-${mode}-${task}"
         lmconv-bench run --task "$task" --orders "$orders" --limit "$n_images" --out "$run_dir" --no-progress
         lmconv-bench freeze "$run_dir" --out "${out_csv}/${task}.csv" --force
-        runs+=("$run_dir")
     done
 done
 
 if [ "$mode" = published ]; then
-    lmconv-bench report "${runs[@]}" --format markdown --out results/reference/tables
-    lmconv-bench report "${runs[@]}" --format latex --out results/reference/tables
+    # Tables over every published run present (DATASETS may name a subset; earlier runs stay in).
+    all_runs=(results/runs/reference-published-*)
+    lmconv-bench report "${all_runs[@]}" --format markdown --out results/reference/tables
+    lmconv-bench report "${all_runs[@]}" --format latex --out results/reference/tables
 fi
