@@ -252,6 +252,8 @@ def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None
     comps = [c for c in comps if len(c)]
     if comps:
         c = pd.concat(comps, ignore_index=True)[list(COMPARISON_COLUMNS)]
+        keys = [(r.task, r.metric, *_row_sort_key(r.model_a, r.order_a)) for r in c.itertuples()]
+        c = c.iloc[sorted(range(len(c)), key=keys.__getitem__)]
         target = out_dir / f"comparisons.{ext}"
         if fmt == "csv":
             atomic_write_text(target, c.to_csv(index=False))

@@ -75,7 +75,12 @@ def test_markdown_and_csv_formats(run_dir, tmp_path):
     md = write_report([str(run_dir)], "markdown", str(tmp_path / "md"))
     text = (md / "test_bpd.md").read_text()
     assert "| lmconv s_curve/0 | **0.500 ± 0.100** |" in text
+    comp = pd.read_csv(run_dir / "comparisons.csv")
+    assert len(comp) == 2
+    comp.iloc[::-1].to_csv(run_dir / "comparisons.csv", index=False)  # rows in the wrong order
     csv = write_report([str(run_dir)], "csv", str(tmp_path / "csv"))
+    comp = pd.read_csv(csv / "comparisons.csv")
+    assert list(comp["order_a"]) == ["hilbert/0", "s_curve/0"]  # sorted by task, metric, model, order
     assert len(pd.read_csv(csv / "task_mnist_top_half.csv")) == 6
 
 
