@@ -319,8 +319,8 @@ def load_split(
     Images come in the dataset's fixed id order (module docstring: numerically for MNIST,
     lexicographically for CelebA, by a hash of the file name for CIFAR-10).
     ``ids`` selects exactly those ids, in the order given (``UserError`` naming any missing or
-    repeated id). ``limit`` then keeps the first ``limit`` images (of the sorted split, or of the
-    ``ids`` selection); a limit above the split size returns everything; ``limit <= 0`` is a
+    repeated id). ``limit`` then keeps the first ``limit`` images (in the split's id order, or
+    of the ``ids`` selection); a limit above the split size returns everything; ``limit <= 0`` is a
     ``UserError``. ``data_root`` is resolved with :func:`resolve_data_root`. ``download=True``
     downloads missing MNIST / CIFAR-10 files with torchvision (network needed); CelebA must be
     obtained manually.
@@ -602,12 +602,12 @@ def _cifar_load(root: Path, split: str) -> _Split:
             "copy?); the content check passed (shapes, counts, 10 balanced classes, batches.meta) "
             "and image ids are the file names, so results are unaffected",
         )
-    order = sorted(range(len(names)), key=lambda i: cifar_id_order_key(names[i]))
+    order = sorted(range(len(names)), key=lambda i: _cifar_id_order_key(names[i]))
     images = torch.from_numpy(data[order].reshape(-1, 3, 32, 32).copy())
     return _Split(images, tuple(names[i] for i in order), torch.from_numpy(label_arr[order]))
 
 
-def cifar_id_order_key(name: str) -> tuple[str, str]:
+def _cifar_id_order_key(name: str) -> tuple[str, str]:
     """Sort key of a CIFAR-10 id (file name): its sha256 hex digest, then the name itself."""
     return hashlib.sha256(name.encode()).hexdigest(), name
 
