@@ -176,6 +176,8 @@ def train_cmd(
     train_limit: Annotated[Optional[int], typer.Option("--train-limit", help="Use only the first N training images.")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between writes of last.safetensors.")] = 500,
     eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", help="Batch size of the periodic evaluation.")] = 64,
+    task_masks: Annotated[Optional[str], typer.Option("--task-masks", help="Task-aware training of an any-order model: comma-separated mask families (e.g. random,center,top_half); a task-mask step trains on observed_first(order, mask) with one mask per image, drawn from these families at their default parameters. The loss stays the full joint likelihood.")] = None,
+    task_mask_prob: Annotated[float, typer.Option("--task-mask-prob", help="Probability that a step is a task-mask step (the rest train on the plain orders).")] = 0.5,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
 ) -> None:
     """Train a model and save .safetensors checkpoints (last and best). Works under torchrun."""
@@ -186,7 +188,7 @@ def train_cmd(
         batch_size=batch_size, lr=lr, lr_decay=lr_decay, ema=ema, grad_clip=grad_clip or None, seed=seed,
         out=out, resume=resume, data_root=data_root, device=device, eval_every=eval_every,
         eval_images=eval_images, train_limit=train_limit, checkpoint_every=checkpoint_every,
-        eval_batch_size=eval_batch_size,
+        eval_batch_size=eval_batch_size, task_masks=task_masks, task_mask_prob=task_mask_prob,
     )
     path = train(cfg, progress=not no_progress)
     if int(os.environ.get("RANK", "0")) == 0:

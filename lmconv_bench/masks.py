@@ -107,3 +107,36 @@ def make_masks(
 ) -> torch.Tensor:
     """Masks for a list of images: bool ``[N, height, width]`` (True = missing)."""
     return torch.stack([make_mask(family, params, height, width, i, seed) for i in image_ids])
+
+
+#: families whose default parameters define a training distribution (``train --task-masks``).
+TRAINABLE_FAMILIES = tuple(f for f in FAMILIES if f != "rectangle")
+
+
+def parse_task_masks(spec: str | None) -> tuple[str, ...]:
+    """``"random,center"`` → ``("random", "center")``; validated, duplicates dropped; None/"" → ()."""
+    if not spec:
+        return ()
+    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    for n in names:
+        if n not in TRAINABLE_FAMILIES:
+            raise unknown("--task-masks family", n, TRAINABLE_FAMILIES)
+    return names
+
+
+def training_masks(
+    families: Sequence[str], height: int, width: int, step: int, first_index: int, count: int, seed: int = 0
+) -> torch.Tensor:
+    """Masks of one training batch for task-aware training: bool ``[count, height, width]``.
+
+    Image ``i`` of the batch has global index ``g = first_index + i`` within the step's global
+    batch; its family is drawn uniformly from ``families`` and its mask from that family with
+    default parameters, both seeded by ``(seed, step, g)`` only, so the masks do not depend on the
+    number of processes that share the batch. Training images never meet the test masks' seeds
+    (those are keyed by test image ids).
+    """
+    out = []
+    for g in range(first_index, first_index + count):
+        k = int(torch.randint(len(families), (1,), generator=generator(seed, "task_family", step, g)))
+        out.append(make_mask(families[k], {}, height, width, image_id=f"train/{step}/{g}", seed=seed))
+    return torch.stack(out)

@@ -74,7 +74,8 @@ from .checkpoints import (
 )
 from .errors import UserError
 from .models.base import AutoregressiveImageModel, ModelConfig, build_model, get_model_class, make_config
-from .orders import DEFAULT_SPEC, get_order, parse_spec
+from .masks import parse_task_masks, training_masks
+from .orders import DEFAULT_SPEC, get_order, observed_first, parse_spec
 from .seeding import generator, stable_seed
 
 LAST = "last.safetensors"
@@ -109,6 +110,12 @@ class TrainConfig:
         eval_batch_size: batch size of evaluation (per rank).
         train_limit: use only the first N training images (by sorted id).
         checkpoint_every: steps between writes of ``last.safetensors``.
+        task_masks: comma-separated mask families (``random,center,top_half``) for task-aware
+            training of any-order models: a batch chosen with probability ``task_mask_prob`` (drawn
+            per step) trains on ``observed_first(order, mask)`` with one mask per image from these
+            families (default parameters; see ``masks.training_masks``). The loss stays the full
+            joint likelihood under that order. None = plain orders only.
+        task_mask_prob: probability that a step is a task-mask step (in [0, 1]).
     """
 
     model: str = "lmconv"
@@ -132,6 +139,8 @@ class TrainConfig:
     eval_batch_size: int = 64
     train_limit: int | None = None
     checkpoint_every: int = 500
+    task_masks: str | None = None
+    task_mask_prob: float = 0.5
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("results/checkpoints") / f"{self.model}-{self.dataset}-{self.preset}"
@@ -164,6 +173,13 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--ema must be in [0, 1) (e.g. 0.9995), got {cfg.ema!r}")
     if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
         raise UserError(f"--grad-clip must be >= 0 (0 disables clipping), got {cfg.grad_clip!r}")
+    if not (isinstance(cfg.task_mask_prob, (int, float)) and 0 <= cfg.task_mask_prob <= 1):
+        raise UserError(f"--task-mask-prob must be in [0, 1], got {cfg.task_mask_prob!r}")
+    families = parse_task_masks(cfg.task_masks)
+    if families and getattr(get_model_class(cfg.model), "fixed_order", None) is not None:
+        raise UserError(
+            f"--task-masks needs an any-order model; {cfg.model} generates in one fixed order; drop --task-masks"
+        )
 
 
 def resolve_orders(cfg: TrainConfig, height: int, width: int) -> list[str]:
@@ -218,7 +234,8 @@ def check_out_dir(cfg: TrainConfig, model_config: ModelConfig) -> Path:
 
 # ------------------------------------------------------------------------------ pieces
 def batch_loss_bpd(net: torch.nn.Module, model: AutoregressiveImageModel, x: Tensor, perm: Tensor) -> Tensor:
-    """Mean NLL of the uint8 batch ``x`` ``[B, C, H, W]`` under ``perm`` ``[H*W]``, in bits/dim.
+    """Mean NLL of the uint8 batch ``x`` ``[B, C, H, W]`` under ``perm`` ``[H*W]`` (or one order per
+    image, ``[B, H*W]``), in bits/dim.
 
     ``net`` is what to call for the forward pass (the DDP wrapper, or ``model`` itself);
     ``model.head`` turns its output into per-pixel log-probabilities (nats, ``[B, H, W]``).
@@ -364,7 +381,7 @@ def _broadcast_error(fn, *args):
     return D.broadcast_object(result)
 
 
-_TRAJECTORY_FIELDS = ("batch_size", "seed", "train_limit", "lr", "lr_decay", "ema", "grad_clip")
+_TRAJECTORY_FIELDS = ("task_mask_prob", "batch_size", "seed", "train_limit", "lr", "lr_decay", "ema", "grad_clip")
 """Options that change the sequence of updates; changing them on resume gives a warning.
 (``max_steps``/``epochs``, evaluation and checkpoint intervals, paths and device may change freely.)"""
 
@@ -382,7 +399,10 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, progress: bool) -> Path:
 
     info = get_dataset_info(cfg.dataset)
     names = resolve_orders(cfg, info.height, info.width)
-    mcfg = make_config(cfg.model, cfg.preset, cfg.dataset, trained_orders=names)
+    families = parse_task_masks(cfg.task_masks)
+    mcfg = dataclasses.replace(
+        make_config(cfg.model, cfg.preset, cfg.dataset, trained_orders=names), trained_task_masks=families
+    )
     out = _broadcast_error(check_out_dir, cfg, mcfg)
     last_path, best_path, log_path = out / LAST, out / BEST, out / LOG
     dev, rank, world = ctx.device, ctx.rank, ctx.world_size
@@ -557,7 +577,11 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, progress: bool) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            loss = batch_loss_bpd(net, model, x, perms[k])
+            perm = perms[k]
+            if families and float(torch.rand(1, generator=generator(cfg.seed, "task_mask_on", step))) < cfg.task_mask_prob:
+                masks = training_masks(families, info.height, info.width, step, rank * cfg.batch_size, len(x), cfg.seed)
+                perm = observed_first(perm, masks.to(dev))
+            loss = batch_loss_bpd(net, model, x, perm)
             loss_value = float(D.all_reduce_mean(loss.detach()))
             if not math.isfinite(loss_value):
                 stop_non_finite("loss", loss_value)
@@ -602,7 +626,7 @@ def _parser() -> argparse.ArgumentParser:
         d = getattr(defaults, f.name)
         if f.name == "resume":
             p.add_argument(flag, action="store_true")
-        elif f.name in ("lr", "lr_decay", "ema", "grad_clip"):
+        elif f.name in ("lr", "lr_decay", "ema", "grad_clip", "task_mask_prob"):
             p.add_argument(flag, type=float, default=d)
         elif f.name in ("epochs", "max_steps", "batch_size", "seed", "eval_every", "eval_images",
                         "eval_batch_size", "train_limit", "checkpoint_every"):

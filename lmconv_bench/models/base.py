@@ -37,6 +37,11 @@ class ModelConfig:
         head: likelihood head, ``"logistic_mixture"``, ``"bernoulli"`` or ``"bernoulli2"``.
         arch: family-specific hyper-parameters (nr_resnet, nr_filters, nr_logistic_mix, ...).
         trained_orders: canonical order names the weights were trained on (``"s_curve/3"``).
+        trained_task_masks: mask families (with their default parameters) whose
+            ``observed_first(order, mask)`` forms were also trained on (``train --task-masks``);
+            empty for plain-order training. An order ``observed_first(o, m)`` with ``o`` in
+            ``trained_orders`` and ``m`` from one of these families is inside the training
+            distribution.
     """
 
     model: str
@@ -49,6 +54,7 @@ class ModelConfig:
     head: str
     arch: dict[str, Any] = field(default_factory=dict)
     trained_orders: tuple[str, ...] = ()
+    trained_task_masks: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -61,6 +67,7 @@ class ModelConfig:
             raise UserError(f"model config has unknown keys {extra}; was it written by a newer lmconv-bench?")
         d = dict(d)
         d["trained_orders"] = tuple(d.get("trained_orders", ()))
+        d["trained_task_masks"] = tuple(d.get("trained_task_masks", ()))
         return cls(**d)
 
     @classmethod
