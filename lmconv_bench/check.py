@@ -38,7 +38,10 @@ from .records import METRIC_UNITS, RECORD_COLUMNS, read_records
 MAGIC = "# lmconv-bench reference results v1"
 HEADER_KEYS = ("command", "git_commit", "date", "run_config", "checkpoints", "image_ids")
 JSON_KEYS = ("run_config", "checkpoints", "image_ids")
-KEY_COLUMNS = ("task", "model", "preset", "order", "metric")
+KEY_COLUMNS = ("task", "model_label", "order", "metric", "context")
+"""A reference cell: the model by its label (family-preset, training orders, parameter count), the
+order asked for, the metric, and the context (which tells an order's observed-first conditional
+NLL from its as-is companion)."""
 
 #: (absolute, relative) tolerance per metric: a value passes when |obtained - expected| <=
 #: max(absolute, relative * |expected|). Likelihoods are deterministic up to float summation
@@ -50,6 +53,7 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "lpips": (0.02, 0.0),
     "fid": (1.0, 0.05),
     "kid": (0.005, 0.1),
+    "context_gain_bpd": (2e-3, 0.0),
 }
 
 
@@ -188,8 +192,13 @@ def _orders_spec(ref: Reference) -> str:
     from .models.base import get_model_class
 
     rows = ref.records
+    from .evaluate import is_single_order_label
+
     any_order = [m for m in rows["model"].unique() if get_model_class(str(m)).fixed_order is None]
-    names = rows[rows["model"].isin(any_order)]["order"].unique().tolist()
+    rows_any = rows[rows["model"].isin(any_order)]
+    if "model_label" in rows_any.columns:  # single-order controls evaluate their own order whatever the SPEC
+        rows_any = rows_any[[not is_single_order_label(str(lab)) for lab in rows_any["model_label"]]]
+    names = rows_any["order"].unique().tolist()
     if not names:  # only fixed-order models: they evaluate their own order whatever the SPEC
         names = rows["order"].unique().tolist()
     return ",".join(dict.fromkeys(str(o) for o in names))
@@ -204,12 +213,12 @@ def _resolve_checkpoints(ref: Reference, given: list[str] | None, log) -> list[s
     models = sorted(set(ref.records["model"]))
     if given:
         paths = list(given)
-        by_model = {read_config(p).model: p for p in paths}
-        lacking = [m for m in models if m not in by_model]
+        given_models = {read_config(p).model for p in paths}
+        lacking = [m for m in models if m not in given_models]
         if lacking:
             raise UserError(f"the reference has cells for model(s) {', '.join(lacking)} but no --checkpoint of that model was given; "
                             "pass one per model, or omit --checkpoint to use the reference checkpoints")
-        return [by_model[m] for m in models]
+        return list(dict.fromkeys(paths))
     paths = []
     for sha, name in sorted(ref.checkpoints.items(), key=lambda kv: kv[1]):
         p = reference_dir() / name
@@ -237,15 +246,15 @@ class CheckResult:
 
 
 def compare(expected: pd.DataFrame, obtained: pd.DataFrame, tol: dict[str, tuple[float, float]]) -> pd.DataFrame:
-    """Join expected and obtained records on (task, model, preset, order, metric) and test each.
+    """Join expected and obtained records on :data:`KEY_COLUMNS` and test each.
 
     A reference cell with no obtained value fails (``obtained`` NaN).
     """
     exp = expected[list(KEY_COLUMNS) + ["value"]].rename(columns={"value": "expected"})
     dup = exp.duplicated(list(KEY_COLUMNS))
     if dup.any():
-        raise UserError("the reference has several values for the same task/model/preset/order/metric; "
-                        "it must come from one run with one checkpoint per model")
+        raise UserError("the reference has several values for the same task/model label/order/metric/context; "
+                        "it must come from one run with one checkpoint per model label")
     got = obtained[list(KEY_COLUMNS) + ["value"]].rename(columns={"value": "obtained"})
     t = exp.merge(got, on=list(KEY_COLUMNS), how="left")
     t["diff"] = t["obtained"] - t["expected"]
@@ -254,8 +263,8 @@ def compare(expected: pd.DataFrame, obtained: pd.DataFrame, tol: dict[str, tuple
     from .report import TASK_METRICS, _row_sort_key
 
     rank = {m: i for i, m in enumerate(("test_bpd", *TASK_METRICS))}
-    keys = [(task, *_row_sort_key(model, order), rank.get(metric, 99))
-            for task, model, order, metric in zip(t["task"], t["model"], t["order"], t["metric"])]
+    keys = [(task, *_row_sort_key(model, order), rank.get(metric, 99), str(ctx))
+            for task, model, order, metric, ctx in zip(t["task"], t["model_label"], t["order"], t["metric"], t["context"])]
     return t.iloc[sorted(range(len(t)), key=keys.__getitem__)].reset_index(drop=True)
 
 
@@ -275,7 +284,10 @@ def check(reference: str | Path, checkpoints: list[str] | None = None, tolerance
     if not ids:
         raise UserError(f"{ref.path}: no image ids recorded for task {tasks[0]}; regenerate it with `lmconv-bench freeze`")
     paths = _resolve_checkpoints(ref, checkpoints, log)
-    metrics = tuple(dict.fromkeys(str(m) for m in ref.records["metric"]))
+    from .config import METRICS
+
+    # derived rows (context_gain_bpd) come with cond_nll_bpd; only measured metrics are requested
+    metrics = tuple(dict.fromkeys(str(m) for m in ref.records["metric"] if str(m) in METRICS))
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="lmconv-bench-check-")
@@ -304,10 +316,10 @@ def print_check(result: CheckResult, reference: str | Path) -> None:
 
     t = result.table
     table = Table(title=f"check: {reference}")
-    for col in ("task", "model", "order", "metric", "expected", "obtained", "diff", "tolerance", "status"):
+    for col in ("task", "model", "order", "metric", "context", "expected", "obtained", "diff", "tolerance", "status"):
         table.add_column(col, justify="right" if col in ("expected", "obtained", "diff", "tolerance") else "left")
     for r in t.itertuples():
-        table.add_row(r.task, r.model, r.order, r.metric, f"{r.expected:.6g}", f"{r.obtained:.6g}",
+        table.add_row(r.task, r.model_label, r.order, r.metric, str(r.context), f"{r.expected:.6g}", f"{r.obtained:.6g}",
                       f"{r.diff:+.3g}", f"{r.tolerance:.3g}", "ok" if r.ok else "DRIFT")
     stdout_console().print(table)
 
@@ -317,5 +329,5 @@ def verdict(result: CheckResult) -> str:
     n = len(result.table)
     if result.ok:
         return f"ok: all {n} cells within tolerance"
-    cells = "; ".join(f"{r.task} {r.model} {r.order} {r.metric} ({r.diff:+.4g})" for r in result.failed.itertuples())
+    cells = "; ".join(f"{r.task} {r.model_label} {r.order} {r.metric} [{r.context}] ({r.diff:+.4g})" for r in result.failed.itertuples())
     return f"FAILED: {len(result.failed)} of {n} cells drifted: {cells}"

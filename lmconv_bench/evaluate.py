@@ -33,6 +33,7 @@ import torch
 from . import distributed as dist
 from . import orders as O
 from .config import METRICS, TaskConfig, resolve_tasks
+from .coverage import in_training_distribution, trained_coverage
 from .data import ImageSet, get_dataset_info, load_split
 from .errors import UserError, unknown
 from .masks import make_masks
@@ -109,18 +110,23 @@ def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.
                 cond_perms: torch.Tensor, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
     """Per-image log-likelihoods in nats (float64 numpy [N] each).
 
-    Returns ``(joint, cond)``: ``joint`` = log p(x) under ``perm``; ``cond`` = log p of the missing
-    pixels under ``cond_perms`` ([N, H*W], one order per image) = log p(x_miss | x_obs) when the
-    order is observed-first.
+    Returns ``(joint, cond, preceding)``: ``joint`` = log p(x) under ``perm``; ``cond`` = log p of
+    the missing pixels under ``cond_perms`` ([N, H*W], one order per image) = log p(x_miss | x_obs)
+    when the order is observed-first; ``preceding`` = log p of the missing pixels under ``perm``
+    itself (each sees only the pixels before it), taken from the joint pass at no extra cost.
+    When ``cond_perms`` equals ``perm`` for every image, the second pass is skipped.
     """
-    joint, cond = [], []
+    joint, cond, preceding = [], [], []
+    same = bool((cond_perms == perm.expand_as(cond_perms)).all())
     for sl in _batches(len(images), batch_size):
         x = images[sl].to(device)
+        miss = missing[sl].to(device)
         lp = model.log_prob(x, perm.to(device)).double()
         joint.append(lp.flatten(1).sum(1).cpu())
-        lpc = model.log_prob(x, cond_perms[sl].to(device)).double()
-        cond.append((lpc * missing[sl].to(device)).flatten(1).sum(1).cpu())
-    return torch.cat(joint).numpy(), torch.cat(cond).numpy()
+        preceding.append((lp * miss).flatten(1).sum(1).cpu())
+        lpc = lp if same else model.log_prob(x, cond_perms[sl].to(device)).double()
+        cond.append((lpc * miss).flatten(1).sum(1).cpu())
+    return torch.cat(joint).numpy(), torch.cat(cond).numpy(), torch.cat(preceding).numpy()
 
 
 @torch.no_grad()
@@ -143,12 +149,72 @@ def completions(model, images, missing, cond_perms, seeds, cfg: RunConfig, devic
 # ------------------------------------------------------------------------------ grid
 @dataclass
 class ModelEntry:
+    """One loaded checkpoint of a run.
+
+    ``trained``: its trained orders; ``task_masks``: its ``trained_task_masks``; ``n_params``: its
+    parameter count; ``label``: what tables call it (family, preset, training orders, size).
+    """
+
     path: str
     model: Any
     sha256: str
     name: str  # registry name
     preset: str
     trained: tuple[str, ...]
+    task_masks: tuple[str, ...] = ()
+    n_params: int = 0
+
+    @property
+    def single_order(self) -> bool:
+        """An any-order network trained on one plain order only (the fixed-order control); it is
+        evaluated under that order alone, as it is (no observed-first reordering)."""
+        return not self.model.fixed_order and len(self.trained) == 1 and not self.task_masks
+
+    @property
+    def label(self) -> str:
+        c = self.model.config
+        return model_label(self.name, self.preset, self.trained, self.task_masks, self.n_params, c.height, c.width)
+
+
+def model_label(name: str, preset: str, trained: tuple[str, ...], task_masks: tuple[str, ...], n_params: int,
+                height: int, width: int) -> str:
+    """``lmconv-small [s_curve+center_last, task masks] 468k``: family-preset, training orders
+    (family names where every variant of the family was trained), whether task masks were, and
+    the parameter count in thousands."""
+    fams = list(dict.fromkeys(o.split("/")[0] for o in trained))
+    whole = all(set(O.parse_spec(f, height, width)) <= set(trained) for f in fams)
+    what = "+".join(fams) if whole else "+".join(trained)
+    if task_masks:
+        what += ", task masks"
+    return f"{name}-{preset} [{what}] {round(n_params / 1000)}k"
+
+
+def is_single_order_label(label: str) -> bool:
+    """Whether a :func:`model_label` names a model trained on one plain order (a control)."""
+    import re
+
+    m = re.search(r"\[([^\]]*)\]", label)
+    return bool(m) and "/" in m.group(1) and "+" not in m.group(1) and "task masks" not in m.group(1)
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The order a cell actually runs, and what the checkpoint knows of it.
+
+    ``name``: ``observed_first(<order>)`` where the order was reordered, else the order's name;
+    ``perms``: long ``[N, H*W]``, one per image; ``trained``: it is a trained order (see
+    ``coverage.in_training_distribution``); ``coverage``: ``coverage.trained_coverage``.
+    """
+
+    name: str
+    perms: torch.Tensor
+    trained: bool
+    coverage: float
+
+
+def _nats_arrays(nats: dict[str, Any]) -> dict[str, Any]:
+    """A likelihood cell's stored nats with its per-image lists as float arrays."""
+    return {k: np.asarray(v) if k in ("joint", "cond", "preceding", "n_miss") else v for k, v in nats.items()}
 
 
 def _context(perms: torch.Tensor, missing: torch.Tensor) -> str:
@@ -225,7 +291,9 @@ class Grid:
                         f"{info.channels}, {info.n_bits} bits); pass a checkpoint trained on {info.name}"
                     )
             model, meta = load_checkpoint(p, expect_dataset=c.dataset, map_location=self.ctx.device)
-            by_ds[c.dataset].append(ModelEntry(p, model, meta["sha256"], c.model, c.preset, c.trained_orders))
+            n_params = sum(t.numel() for t in model.parameters())
+            by_ds[c.dataset].append(ModelEntry(p, model, meta["sha256"], c.model, c.preset, c.trained_orders,
+                                               c.trained_task_masks, n_params))
         for t in self.tasks:
             if not by_ds[t.dataset]:
                 raise UserError(f"no checkpoint for dataset {t.dataset} (task {t.name}); pass --checkpoint PATH")
@@ -287,7 +355,12 @@ class Grid:
         shard = list(dist.shard_indices(len(data.ids), self.ctx.rank, self.ctx.world_size))
         metrics = self.metrics[task.name]
         for entry in self.models[task.dataset]:
-            names = [entry.model.fixed_order] if entry.model.fixed_order else O.parse_spec(self.cfg.orders, h, w)
+            if entry.model.fixed_order:
+                names = [entry.model.fixed_order]
+            elif entry.single_order:
+                names = list(entry.trained)
+            else:
+                names = O.parse_spec(self.cfg.orders, h, w)
             nats: dict[str, dict[str, np.ndarray]] = {}
             for name in names:
                 if {"test_bpd", "cond_nll_bpd"} & set(metrics):
@@ -298,19 +371,38 @@ class Grid:
                 self._ensemble_cell(task, entry, names, data, nats)
         return data.ids
 
-    def _base(self, task: TaskConfig, entry: ModelEntry, order: str, trained: bool) -> dict[str, Any]:
+    def _base(self, task: TaskConfig, entry: ModelEntry, order: str, eff: Effective) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "task": task.name, "task_version": task.version, "dataset": task.dataset,
             "split": task.split, "profile": self.cfg.profile if self.cfg.limit is None else f"{self.cfg.profile}-limit{self.cfg.limit}",
-            "model": entry.name, "preset": entry.preset, "checkpoint_sha256": entry.sha256, "order": order,
-            "order_trained": trained, "seed": self.cfg.seed,
+            "model": entry.name, "preset": entry.preset, "model_label": entry.label, "n_params": entry.n_params,
+            "checkpoint_sha256": entry.sha256, "order": order, "effective_order": eff.name,
+            "order_trained": eff.trained, "trained_coverage": eff.coverage, "seed": self.cfg.seed,
         }
 
-    def _used_orders(self, entry: ModelEntry, name: str, missing: torch.Tensor, h: int, w: int):
+    def _plain(self, entry: ModelEntry, name: str, n: int, h: int, w: int) -> Effective:
+        """The order ``name`` run as it is, for ``n`` images."""
         perm = O.get_order(name, h, w)
-        if entry.model.fixed_order:
-            return perm, perm.expand(len(missing), -1)
-        return perm, O.observed_first(perm, missing)
+        if entry.model.fixed_order or name in entry.trained:
+            return Effective(name, perm.expand(n, -1), True, 1.0)
+        cov = trained_coverage(perm, entry.trained, h, w, **self._kernel(entry))
+        return Effective(name, perm.expand(n, -1), False, cov)
+
+    @staticmethod
+    def _kernel(entry: ModelEntry) -> dict[str, int]:
+        return {"k": int(getattr(entry.model, "kernel_size", 3)), "max_dilation": int(getattr(entry.model, "max_dilation", 2))}
+
+    def _effective(self, task: TaskConfig, entry: ModelEntry, name: str, missing: torch.Tensor) -> Effective:
+        """The order the conditional metrics of ``name`` run: observed-first for any-order models
+        (unless it already is, or the model is a single-order control), else ``name`` itself."""
+        h, w = missing.shape[1:]
+        plain = self._plain(entry, name, len(missing), h, w)
+        if entry.model.fixed_order or entry.single_order or bool(O.is_observed_first(plain.perms[0], missing).all()):
+            return plain
+        perms = O.observed_first(plain.perms[0], missing)
+        trained = in_training_distribution(name, task.mask_family, task.mask_params, entry.trained, entry.task_masks)
+        cov = 1.0 if trained else trained_coverage(perms, entry.trained, h, w, **self._kernel(entry))
+        return Effective(f"observed_first({name})", perms, trained, cov)
 
     def _likelihood_cell(self, task, entry, name, data, missing, shard) -> dict[str, np.ndarray]:
         key = cell_key(task.name, entry.sha256[:12], name, "likelihood")
@@ -318,37 +410,57 @@ class Grid:
         if self._cell_done(key):
             if not self.ctx.is_main:
                 return {}
-            return {k: (v if k == "context" else np.asarray(v)) for k, v in self.run.load_cell(key)["nats"].items()}
+            return _nats_arrays(self.run.load_cell(key)["nats"])
         h, w = missing.shape[1:]
-        perm, cond_perms = self._used_orders(entry, name, missing, h, w)
+        plain, eff = self._plain(entry, name, len(missing), h, w), self._effective(task, entry, name, missing)
         idx = torch.tensor(shard, dtype=torch.long)
         with progress_bar(1, f"{task.name} {entry.name} {name}: likelihood", self.show) as adv:
-            joint, cond = likelihoods(entry.model, data.images[idx], missing[idx], perm, cond_perms[idx],
-                                      self.cfg.batch_size, self.ctx.device)
+            got = likelihoods(entry.model, data.images[idx], missing[idx], plain.perms[0], eff.perms[idx],
+                              self.cfg.batch_size, self.ctx.device)
             adv(1)
-        parts = dist.all_gather_object((shard, joint.tolist(), cond.tolist()))
+        parts = dist.all_gather_object((shard, *[g.tolist() for g in got]))
         if not self.ctx.is_main:
             return {}
-        full_joint, full_cond = np.zeros(len(data.ids)), np.zeros(len(data.ids))
-        for sh, j, c in parts:
-            full_joint[sh], full_cond[sh] = j, c
+        full = np.zeros((3, len(data.ids)))
+        for sh, *vals in parts:
+            for i, v in enumerate(vals):
+                full[i, sh] = v
         c_dims = get_dataset_info(task.dataset).channels
         n_miss = missing.flatten(1).sum(1).double().numpy() * c_dims
-        test_bpd = -full_joint / (h * w * c_dims * LN2)
-        cond_bpd = -full_cond / (n_miss * LN2)
-        trained = name in entry.trained
-        base = self._base(task, entry, name, trained)
-        rows, per_image = [], []
-        if "test_bpd" in metrics:
-            rows.append(_summary_row(base, "test_bpd", test_bpd, self.cfg.seed, context="unconditional"))
-            per_image += self._per_image(base, "test_bpd", data.ids, test_bpd)
-        ctx = _context(cond_perms, missing)
-        if "cond_nll_bpd" in metrics:
-            rows.append(_summary_row(base, "cond_nll_bpd", cond_bpd, self.cfg.seed, context=ctx))
-            per_image += self._per_image(base, "cond_nll_bpd", data.ids, cond_bpd)
-        nats = {"joint": full_joint.tolist(), "cond": full_cond.tolist(), "n_miss": n_miss.tolist(), "context": ctx}
+        ctx = _context(eff.perms, missing)
+        nats = {"joint": full[0].tolist(), "cond": full[1].tolist(), "preceding": full[2].tolist(),
+                "n_miss": n_miss.tolist(), "context": ctx, "effective": [eff.name, eff.trained, eff.coverage],
+                "plain": [plain.name, plain.trained, plain.coverage], "reordered": eff.name != plain.name}
+        rows, per_image = self._likelihood_rows(task, entry, name, data.ids, nats, h * w * c_dims)
         self.run.save_cell(key, rows, per_image, {"nats": nats})
-        return {k: (v if k == "context" else np.asarray(v)) for k, v in nats.items()}
+        return _nats_arrays(nats)
+
+    def _likelihood_rows(self, task, entry, name, ids, nats, dims) -> tuple[list, list]:
+        """Rows of one likelihood cell (a single order or an ensemble) from its per-image nats:
+        ``test_bpd`` (under the plain order), ``cond_nll_bpd`` under the effective order, and, where
+        that was reordered, ``cond_nll_bpd`` under the plain order (``context = preceding_only``)
+        with their per-image difference ``context_gain_bpd`` (preceding-only minus effective)."""
+        metrics = self.metrics[task.name]
+        plain, eff = (Effective(n, None, bool(t), float(c)) for n, t, c in (nats["plain"], nats["effective"]))
+        n_miss = np.asarray(nats["n_miss"])
+        test_bpd = -np.asarray(nats["joint"]) / (dims * LN2)
+        cond_bpd = -np.asarray(nats["cond"]) / (n_miss * LN2)
+        prec_bpd = -np.asarray(nats["preceding"]) / (n_miss * LN2)
+        rows, per_image = [], []
+
+        def add(metric, values, e: Effective, context):
+            base = self._base(task, entry, name, e)
+            rows.append(_summary_row(base, metric, values, self.cfg.seed, context=context))
+            per_image.extend(self._per_image(base, metric, ids, values, context=context))
+
+        if "test_bpd" in metrics:
+            add("test_bpd", test_bpd, plain, "unconditional")
+        if "cond_nll_bpd" in metrics:
+            add("cond_nll_bpd", cond_bpd, eff, nats["context"])
+            if nats["reordered"]:
+                add("cond_nll_bpd", prec_bpd, plain, "preceding_only")
+                add("context_gain_bpd", prec_bpd - cond_bpd, eff, nats["context"])
+        return rows, per_image
 
     def _cell_done(self, key: str) -> bool:
         """Whether a cell is already stored; rank 0 decides and tells the other ranks."""
@@ -357,11 +469,13 @@ class Grid:
             done = dist.broadcast_object(done)
         return bool(done)
 
-    def _per_image(self, base, metric, ids, values, samples=None):
+    def _per_image(self, base, metric, ids, values, samples=None, context=""):
         samples = samples if samples is not None else [0] * len(ids)
         return [{"run_id": base["run_id"], "task": base["task"], "model": base["model"],
-                 "checkpoint_sha256": base["checkpoint_sha256"], "order": base["order"], "metric": metric,
-                 "image_id": i, "sample": int(s), "value": float(v)} for i, s, v in zip(ids, samples, values)]
+                 "model_label": base["model_label"], "checkpoint_sha256": base["checkpoint_sha256"],
+                 "order": base["order"], "effective_order": base["effective_order"], "context": context,
+                 "metric": metric, "image_id": i, "sample": int(s), "value": float(v)}
+                for i, s, v in zip(ids, samples, values)]
 
     def _ensemble_cell(self, task, entry, names, data, nats) -> None:
         if not self.ctx.is_main:
@@ -372,23 +486,21 @@ class Grid:
         key = cell_key(task.name, entry.sha256[:12], label, "likelihood")
         if self.run.has_cell(key):
             return
-        metrics = self.metrics[task.name]
         info = get_dataset_info(task.dataset)
-        joint = np.stack([nats[n]["joint"] for n in names])  # [orders, N]
-        cond = np.stack([nats[n]["cond"] for n in names])
-        n_miss = nats[names[0]]["n_miss"]
-        test_bpd = -logmeanexp(joint, dim=0) / (info.height * info.width * info.channels * LN2)
-        cond_bpd = -logmeanexp(cond, dim=0) / (n_miss * LN2)
-        base = self._base(task, entry, label, all(n in entry.trained for n in names))
-        rows, per_image = [], []
-        if "test_bpd" in metrics:
-            rows.append(_summary_row(base, "test_bpd", test_bpd, self.cfg.seed, context="unconditional"))
-            per_image += self._per_image(base, "test_bpd", data.ids, test_bpd)
-        if "cond_nll_bpd" in metrics:
-            # the mixture sees every observed pixel iff each member does (the order check per member)
-            ctx = "all_observed" if all(nats[n]["context"] == "all_observed" for n in names) else "preceding_only"
-            rows.append(_summary_row(base, "cond_nll_bpd", cond_bpd, self.cfg.seed, context=ctx))
-            per_image += self._per_image(base, "cond_nll_bpd", data.ids, cond_bpd)
+        mix = {k: logmeanexp(np.stack([nats[n][k] for n in names]), dim=0).tolist() for k in ("joint", "cond", "preceding")}
+        # the mixture sees every observed pixel iff each member does (the order check per member)
+        ctx = "all_observed" if all(nats[n]["context"] == "all_observed" for n in names) else "preceding_only"
+        reordered = any(nats[n]["effective"][0] != nats[n]["plain"][0] for n in names)
+
+        def members(kind):
+            return [all(nats[n][kind][1] for n in names), float(np.mean([nats[n][kind][2] for n in names]))]
+
+        # an ensemble's effective order is its own name (its members' reordered forms, or their
+        # plain forms in the preceding-only row, which the `context` column tells apart)
+        mix.update(n_miss=nats[names[0]]["n_miss"], context=ctx, reordered=reordered,
+                   effective=[label, *members("effective")], plain=[label, *members("plain")])
+        rows, per_image = self._likelihood_rows(task, entry, label, data.ids, mix,
+                                                info.height * info.width * info.channels)
         self.run.save_cell(key, rows, per_image)
 
     def _completion_cell(self, task, entry, name, data, missing, shard) -> None:
@@ -396,8 +508,8 @@ class Grid:
         if self._cell_done(key):
             return
         metrics = self.metrics[task.name]
-        h, w = missing.shape[1:]
-        _, cond_perms = self._used_orders(entry, name, missing, h, w)
+        eff = self._effective(task, entry, name, missing)
+        cond_perms = eff.perms
         k = self.cfg.samples
         seeds = torch.tensor([[stable_seed(self.cfg.seed, i, name, s) for s in range(k)] for i in data.ids],
                              dtype=torch.long)
@@ -422,13 +534,14 @@ class Grid:
             comp_all[sh] = c
             if l is not None:
                 lp_all[sh] = l
-        base = self._base(task, entry, name, name in entry.trained)
+        base = self._base(task, entry, name, eff)
         ctx = _context(cond_perms, missing)
         rows, per_image = [], []
         if "lpips" in metrics:
             rows.append(_summary_row(base, "lpips", lp_all.mean(1), self.cfg.seed, context=ctx))
             ids = [i for i in data.ids for _ in range(k)]
-            per_image += self._per_image(base, "lpips", ids, lp_all.flatten(), [s for _ in data.ids for s in range(k)])
+            per_image += self._per_image(base, "lpips", ids, lp_all.flatten(), [s for _ in data.ids for s in range(k)],
+                                         context=ctx)
         if {"fid", "kid"} & set(metrics):
             from .metrics import fidelity
 
@@ -440,8 +553,8 @@ class Grid:
             if "fid" in metrics:
                 rows.append(_row(base, "fid", res["fid"], n_gen, context=ctx))
             if "kid" in metrics:
-                rows.append(_row(base, "kid", res["kid_mean"], n_gen, stderr=res["kid_std"], context=ctx))
-        self._save_examples(key, data, missing, comp_all, task=task.name, label=f"{entry.name} {name}")
+                rows.append(_row(base, "kid", res["kid_mean"], n_gen, stderr=res["kid_stderr"], context=ctx))
+        self._save_examples(key, data, missing, comp_all, task=task.name, label=f"{entry.label} {eff.name}")
         self.run.save_cell(key, rows, per_image)
 
     def _reference_features(self, task: TaskConfig):

@@ -27,13 +27,22 @@ from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text, check_writable
 
 RECORD_COLUMNS = (
-    "run_id", "task", "task_version", "dataset", "split", "profile", "model", "preset",
-    "checkpoint_sha256", "order", "order_trained", "metric", "value", "unit", "n", "stderr",
-    "ci_low", "ci_high", "context", "seed",
+    "run_id", "task", "task_version", "dataset", "split", "profile", "model", "preset", "model_label", "n_params",
+    "checkpoint_sha256", "order", "effective_order", "order_trained", "trained_coverage", "metric", "value", "unit",
+    "n", "stderr", "ci_low", "ci_high", "context", "seed",
 )
-PER_IMAGE_COLUMNS = ("run_id", "task", "model", "checkpoint_sha256", "order", "metric", "image_id", "sample", "value")
+"""Columns of records.csv. ``order``: the order asked for; ``effective_order``: the order actually
+run (``observed_first(<order>)`` where conditional metrics reordered it; an ensemble's own name);
+``order_trained``: the effective order is one the checkpoint trained on; ``trained_coverage``: the
+fraction of positions whose kernel masks the checkpoint trained on (``coverage.trained_coverage``);
+``context``: ``unconditional``, ``all_observed`` (every observed pixel precedes every missing one)
+or ``preceding_only``; ``model_label``: family-preset, training orders and parameter count;
+``n_params``: parameter count. ``stderr``: standard error of the mean across images, or empty."""
+PER_IMAGE_COLUMNS = ("run_id", "task", "model", "model_label", "checkpoint_sha256", "order", "effective_order",
+                     "context", "metric", "image_id", "sample", "value")
 COMPARISON_COLUMNS = ("task", "model_a", "order_a", "model_b", "order_b", "metric", "statistic", "p_value", "n")
-METRIC_UNITS = {"test_bpd": "bits/dim", "cond_nll_bpd": "bits/dim", "lpips": "lpips", "fid": "fid", "kid": "kid"}
+METRIC_UNITS = {"test_bpd": "bits/dim", "cond_nll_bpd": "bits/dim", "context_gain_bpd": "bits/dim",
+                "lpips": "lpips", "fid": "fid", "kid": "kid"}
 
 
 def config_hash(config: dict[str, Any]) -> str:

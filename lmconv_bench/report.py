@@ -6,9 +6,14 @@ Tables:
 - ``task_<name>``: rows = model · order, columns = cond_nll_bpd, lpips, fid, kid;
 - ``comparisons``: paired Wilcoxon tests on per-image values.
 
-Every metric here is lower-is-better; the best value per column is bold. Orders a checkpoint was
-not trained on are marked "(untrained)"; quick-profile numbers are flagged in the caption as not
-comparable to published ones.
+Rows are named by ``model_label`` (family-preset, training orders, parameter count) and order.
+Every metric but ``context gain`` is lower-is-better; the best value per column is bold (context
+gain, higher-is-better, is never bold). Conditional metrics of any-order models run under the
+order's ``observed_first`` form; the ``coverage`` column gives the ``trained_coverage`` of that
+effective order and rows whose effective order was not trained are marked
+"(untrained, coverage c)". ``cond_nll_bpd (as is)`` is the same network under the order as it is
+(``context = preceding_only``), and ``context gain`` their per-image difference (± its stderr).
+Quick-profile numbers are flagged in the caption as not comparable to published ones.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import pandas as pd
 
 from .errors import UserError, unknown
 from .io_utils import atomic_write_text, check_writable
-from .records import COMPARISON_COLUMNS, read_records
+from .records import COMPARISON_COLUMNS, PER_IMAGE_COLUMNS, read_records
 
 FORMATS = ("latex", "markdown", "csv")
 TASK_METRICS = ("cond_nll_bpd", "lpips", "fid", "kid")
-DIGITS = {"test_bpd": 3, "cond_nll_bpd": 3, "lpips": 4, "fid": 2, "kid": 4}
+AS_IS = "cond_nll_bpd (as is)"
+GAIN = "context gain"
+TASK_COLUMNS = ("cond_nll_bpd", AS_IS, GAIN, "lpips", "fid", "kid")
+HIGHER_IS_BETTER = (GAIN,)
+DIGITS = {"test_bpd": 3, "cond_nll_bpd": 3, AS_IS: 3, GAIN: 3, "context_gain_bpd": 3, "lpips": 4, "fid": 2, "kid": 4}
 QUICK_NOTE = "quick profile: small samples, not comparable to published numbers"
 
 
@@ -50,31 +59,54 @@ def load_records(paths: list[Path]) -> pd.DataFrame:
     return pd.concat([read_records(p) for p in paths], ignore_index=True)
 
 
+def load_per_image(paths: list[Path]) -> pd.DataFrame:
+    """per_image.csv of every run (image ids as strings); empty when none has one."""
+    frames = [pd.read_csv(p / "per_image.csv", dtype={"image_id": str}) for p in paths if (p / "per_image.csv").exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PER_IMAGE_COLUMNS))
+
+
 # ------------------------------------------------------------------------------ statistics
+def main_per_image(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-image values with ``arm`` = model label and order, without the preceding-only
+    companions of reordered orders (whose difference is ``context_gain_bpd``); lpips averaged over
+    samples. Older files without labels use the registry name."""
+    df = df.copy()
+    if "model_label" not in df.columns:
+        df["model_label"] = df["model"]
+    df["model_label"] = df["model_label"].fillna(df["model"]).astype(str)
+    if "context" in df.columns:
+        gains = set(zip(*(df[df["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
+        comp = [(m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains)
+                for m, c, t, k, o in zip(df["metric"], df["context"], df["task"], df["checkpoint_sha256"], df["order"])]
+        df = df[~np.asarray(comp, dtype=bool)]
+    keys = ["task", "metric", "model", "model_label", "order", "image_id"]
+    return df.groupby(keys, sort=False)["value"].mean().reset_index()
+
+
 def comparisons_for_run(run_dir: str | Path) -> list[dict[str, Any]]:
     """Paired tests on the same images: every (model, order) against the reference arm.
 
     The reference arm of a task is the fixed-order baseline (PixelCNN++ raster) when present,
-    else the first order evaluated. Metrics: cond_nll_bpd and lpips (per-image values).
+    else the first order evaluated. Metrics: cond_nll_bpd (under the effective orders) and lpips
+    (per-image values, averaged over samples). Models are named by their labels.
     """
     from .metrics.stats import paired_test
 
     p = Path(run_dir) / "per_image.csv"
     if not p.exists():
         return []
-    df = pd.read_csv(p, dtype={"image_id": str})
+    df = main_per_image(pd.read_csv(p, dtype={"image_id": str}))
     out: list[dict[str, Any]] = []
     for (task, metric), g in df.groupby(["task", "metric"], sort=True):
         if metric not in ("cond_nll_bpd", "lpips"):
             continue
-        g = g.groupby(["model", "order", "image_id"], sort=False)["value"].mean().reset_index()
-        arms = list(dict.fromkeys(zip(g["model"], g["order"])))
-        ref = next((a for a in arms if a[0] != "lmconv"), arms[0])
-        ref_vals = g[(g["model"] == ref[0]) & (g["order"] == ref[1])].set_index("image_id")["value"]
+        arms = list(dict.fromkeys(zip(g["model_label"], g["order"], g["model"])))
+        ref = next((a for a in arms if a[2] != "lmconv"), arms[0])
+        ref_vals = g[(g["model_label"] == ref[0]) & (g["order"] == ref[1])].set_index("image_id")["value"]
         for arm in arms:
             if arm == ref:
                 continue
-            vals = g[(g["model"] == arm[0]) & (g["order"] == arm[1])].set_index("image_id")["value"]
+            vals = g[(g["model_label"] == arm[0]) & (g["order"] == arm[1])].set_index("image_id")["value"]
             common = ref_vals.index.intersection(vals.index)
             if len(common) < 2:
                 continue
@@ -85,12 +117,36 @@ def comparisons_for_run(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ tables
+def _truth(v) -> bool:
+    return v if isinstance(v, bool) else str(v).lower() == "true"
+
+
+def _name(r) -> str:
+    """The model's name in tables: its label (older records without one: the registry name)."""
+    lab = r.get("model_label") if hasattr(r, "get") else None
+    return str(lab) if isinstance(lab, str) and lab else str(r["model"])
+
+
 def _label(r) -> str:
-    lab = f"{r['model']} {r['order']}"
-    trained = r["order_trained"]
-    if isinstance(trained, str):
-        trained = trained.lower() == "true"
-    return lab if trained else lab + " (untrained)"
+    """Row label: model label and order, marked when the order run was not a trained one."""
+    lab = f"{_name(r)} {r['order']}"
+    if _truth(r["order_trained"]):
+        return lab
+    cov = r.get("trained_coverage") if hasattr(r, "get") else None
+    return lab + (f" (untrained, coverage {float(cov):.2f})" if cov is not None and not pd.isna(cov) else " (untrained)")
+
+
+def task_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The records of task tables, with ``column`` naming their table column: the metric, except
+    ``cond_nll_bpd (as is)`` for the preceding-only companion rows of reordered orders and
+    ``context gain`` for ``context_gain_bpd``."""
+    d = df[df["metric"].isin((*TASK_METRICS, "context_gain_bpd"))].copy()
+    gains = set(zip(*(d[d["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
+    companion = [(m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains)
+                 for m, c, t, k, o in zip(d["metric"], d["context"], d["task"], d["checkpoint_sha256"], d["order"])]
+    col = d["metric"].where(~pd.Series(companion, index=d.index), AS_IS)
+    d["column"] = col.where(d["metric"] != "context_gain_bpd", GAIN)
+    return d
 
 
 def _row_sort_key(model: str, order: str) -> tuple:
@@ -112,8 +168,16 @@ def _cell(value: float, err: float, digits: int) -> str:
 
 
 def pivot(df: pd.DataFrame, rows: str, cols: str, metric_of_col=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Wide display table (strings 'v ± se') and the numeric values it shows (for bolding)."""
-    df = df.assign(row=df.apply(_label, axis=1) if rows == "label" else df[rows])
+    """Wide display table (strings 'v ± se') and the numeric values it shows (for bolding).
+
+    ``rows``: ``"label"`` (model label, order and untrained mark), ``"model_order"`` (model label
+    and order) or a column name."""
+    if rows == "label":
+        df = df.assign(row=df.apply(_label, axis=1))
+    elif rows == "model_order":
+        df = df.assign(row=[f"{_name(r)} {r['order']}" for _, r in df.iterrows()])
+    else:
+        df = df.assign(row=df[rows])
     df = df.drop_duplicates(["row", cols], keep="first")
     values = df.pivot(index="row", columns=cols, values="value")
     errs = df.pivot(index="row", columns=cols, values="stderr")
@@ -128,7 +192,8 @@ def pivot(df: pd.DataFrame, rows: str, cols: str, metric_of_col=None) -> tuple[p
 
 
 def _best_mask(values: pd.DataFrame) -> pd.DataFrame:
-    return values.apply(lambda col: col == col.min(skipna=True), axis=0).fillna(False)
+    """Bold the minimum of each lower-is-better column; never a higher-is-better one."""
+    return values.apply(lambda col: (col == col.min(skipna=True)) & (col.name not in HIGHER_IS_BETTER), axis=0).fillna(False)
 
 
 def to_latex(disp: pd.DataFrame, values: pd.DataFrame, caption: str, label: str, best: pd.DataFrame | None = None) -> str:
@@ -172,47 +237,64 @@ def build_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
         disp.index.name, disp.columns.name = "model / order", "dataset"
         tables.append({"name": "test_bpd", "caption": f"Test bits/dim per order and order ensemble{note}",
                        "display": disp, "values": vals, "long": bpd})
-    for task, g in df[df["metric"].isin(TASK_METRICS)].groupby("task", sort=True):
-        disp, vals = pivot(g, "label", "metric")
-        cols = [m for m in TASK_METRICS if m in disp.columns]
+    for task, g in task_columns(df).groupby("task", sort=True):
+        disp, vals = pivot(g, "model_order", "column")
+        cols = [m for m in TASK_COLUMNS if m in disp.columns]
         disp, vals = disp[cols], vals[cols]
+        if "trained_coverage" in g.columns:
+            cond = g[g["column"] == "cond_nll_bpd"] if (g["column"] == "cond_nll_bpd").any() else g
+            cov = {f"{_name(r)} {r['order']}": (float(r["trained_coverage"]), _truth(r["order_trained"]))
+                   for _, r in cond.iterrows()}
+            disp.insert(0, "coverage", [_coverage_cell(*cov.get(i, (float("nan"), True))) for i in disp.index])
+            vals.insert(0, "coverage", float("nan"))
         disp.index.name, disp.columns.name = "model / order", "metric"
-        ctx = ", ".join(sorted(set(g["context"].astype(str))))
-        tables.append({"name": f"task_{task}", "caption": f"{task}: completion metrics, lower is better "
-                       f"(context: {ctx}){note}", "display": disp, "values": vals, "long": g})
+        tables.append({"name": f"task_{task}", "caption": f"{task}: completion metrics, lower is better except context "
+                       "gain; ± is the standard error across images (KID: jackknife over images); coverage: the "
+                       "fraction of positions whose kernel masks under the effective order were trained "
+                       f"(* = the effective order itself was not trained){note}", "display": disp,
+                       "values": vals, "long": g})
     summary = summary_table(df)
     if summary is not None:
         disp, vals, best = summary
-        tables.append({"name": "summary", "best": best, "caption": "Per task: the raster baseline against LMConv (order ensemble, "
-                       f"and the mean over its trained orders); lower is better{note}", "display": disp, "values": vals,
+        tables.append({"name": "summary", "best": best, "caption": "Per task and model: one value per single-order model; "
+                       "an any-order model's order ensemble and its best single order; lower is better; ± is the "
+                       f"standard error across images (KID: jackknife over images){note}", "display": disp, "values": vals,
                        "long": df[df["metric"].isin(TASK_METRICS)]})
     return tables
 
 
+def _coverage_cell(cov: float, trained: bool) -> str:
+    if math.isnan(cov):
+        return "–"
+    return f"{cov:.2f}" + ("" if trained else "*")
+
+
 def summary_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
-    """Rows = task, columns = (metric, arm): fixed-order baselines, the any-order model's order
-    ensemble, and the mean over its trained single orders (± the stderr of that mean across orders).
+    """Rows = task, columns = (metric, arm). Arms per model: a model evaluated under one order gives
+    that value; an any-order model gives its order ensemble and its best single order (the lowest
+    mean among its single orders, ± that order's stderr across images). The conditional metrics are
+    those of the effective orders (the ``as is`` companions and context gains are left out).
 
     None when the records hold no task metric.
     """
-    d = df[df["metric"].isin(TASK_METRICS)].copy()
+    d = task_columns(df)
+    d = d[d["column"].isin(TASK_METRICS)].copy()
     if d.empty:
         return None
-    d["trained"] = d["order_trained"].map(lambda v: v if isinstance(v, bool) else str(v).lower() == "true")
+    d["name"] = [_name(r) for _, r in d.iterrows()]
     d["is_ens"] = d["order"].astype(str).str.startswith("ensemble(")
     pieces = []
-    for (task, model, metric), g in d.groupby(["task", "model", "metric"], sort=False):
+    for (task, name, metric), g in d.groupby(["task", "name", "metric"], sort=False):
         singles = g[~g["is_ens"]]
-        if len(singles) == 1 and not g["is_ens"].any():  # a fixed-order model: one value
+        if len(singles) == 1 and not g["is_ens"].any():  # one order: one value
             r = singles.iloc[0]
-            pieces.append((task, metric, f"{model} {r['order']}", r["value"], r["stderr"]))
+            pieces.append((task, metric, f"{name} {r['order']}", r["value"], r["stderr"]))
             continue
         for r in g[g["is_ens"]].itertuples():
-            pieces.append((task, metric, f"{model} ensemble", r.value, r.stderr))
-        tr = singles[singles["trained"]]
-        if len(tr):
-            err = tr["value"].std(ddof=1) / math.sqrt(len(tr)) if len(tr) > 1 else float("nan")
-            pieces.append((task, metric, f"{model} mean of {len(tr)} orders", tr["value"].mean(), err))
+            pieces.append((task, metric, f"{name} ensemble", r.value, r.stderr))
+        if len(singles):
+            best = singles.loc[singles["value"].idxmin()]
+            pieces.append((task, metric, f"{name} best single order", best["value"], best["stderr"]))
     long = pd.DataFrame(pieces, columns=["task", "metric", "arm", "value", "stderr"])
     long["col"] = long["metric"] + ": " + long["arm"]
     metric_of = dict(zip(long["col"], long["metric"]))

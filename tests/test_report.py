@@ -13,10 +13,14 @@ from lmconv_bench.report import comparisons_for_run, write_report
 
 def _row(**kw):
     base = dict(run_id="r_1", task="mnist_top_half", task_version=1, dataset="mnist", split="test",
-                profile="quick", model="lmconv", preset="tiny", checkpoint_sha256="ab" * 32, order="s_curve/0",
-                order_trained=True, metric="cond_nll_bpd", value=1.0, unit="bits/dim", n=10, stderr=0.1,
-                ci_low=0.8, ci_high=1.2, context="all_observed", seed=0)
+                profile="quick", model="lmconv", preset="tiny", n_params=1000, checkpoint_sha256="ab" * 32,
+                order="s_curve/0", order_trained=True, trained_coverage=1.0, metric="cond_nll_bpd", value=1.0,
+                unit="bits/dim", n=10, stderr=0.1, ci_low=0.8, ci_high=1.2, context="all_observed", seed=0)
     base.update(kw)
+    base.setdefault("model_label", base["model"])  # labels as plain names keep the expected strings short
+    base.setdefault("effective_order", base["order"])
+    if not base["order_trained"] and "trained_coverage" not in kw:
+        base["trained_coverage"] = 0.3
     return base
 
 
@@ -34,8 +38,9 @@ def run_dir(tmp_path):
                      context="unconditional"),
                 _row(model=model, order=order, order_trained=trained, metric="fid", unit="fid", value=level * 10,
                      stderr=float("nan"))]
-        per = [dict(run_id="r_1", task="mnist_top_half", model=model, checkpoint_sha256="ab" * 32, order=order,
-                    metric="cond_nll_bpd", image_id=i, sample=0, value=v) for i, v in zip(ids, vals)]
+        per = [dict(run_id="r_1", task="mnist_top_half", model=model, model_label=model, checkpoint_sha256="ab" * 32,
+                    order=order, effective_order=order, context=ctx, metric="cond_nll_bpd", image_id=i, sample=0,
+                    value=v) for i, v in zip(ids, vals)]
         rd.save_cell(f"{model}-{order.replace('/', '-')}", rows, per)
     rd.rebuild(comparisons=comparisons_for_run(rd.path))
     return rd.path
@@ -63,7 +68,8 @@ def test_latex_tables_escape_everything_and_bold_the_best(run_dir, tmp_path):
         text = f.read_text()
         assert not re.search(r"(?<!\\)_", text), f"unescaped underscore in {f.name}"
         assert "\\toprule" in text and "\\bottomrule" in text
-    assert "(untrained)" in task and "not comparable to published" in task
+    assert "0.30*" in task and "not comparable to published" in task  # coverage of the untrained order
+    assert "(untrained, coverage 0.30)" in (out / "test_bpd.tex").read_text()
     bold = re.findall(r"\\textbf\{([^}]*)\}", task)
     assert len(bold) == 2  # best cond_nll and best fid
     assert any(b.startswith("1.0") and "$\\pm$" in b for b in bold)
@@ -103,18 +109,19 @@ def test_run_dir_refuses_other_configuration(tmp_path):
     assert (tmp_path / "other" / "keep.txt").read_text() == "x"
 
 
-def test_summary_table_contrasts_baseline_ensemble_and_order_mean():
+def test_summary_table_contrasts_baseline_ensemble_and_best_single_order():
     from lmconv_bench.report import summary_table
 
-    rows = [_row(order="s_curve/0", value=1.0), _row(order="s_curve/1", value=1.2),
-            _row(order="hilbert/0", order_trained=False, value=5.0),  # untrained: not in the mean
+    rows = [_row(order="s_curve/0", value=1.0, stderr=0.05), _row(order="s_curve/1", value=1.2),
+            _row(order="hilbert/0", order_trained=False, value=5.0),
             _row(order="ensemble(s_curve)", value=0.9),
             _row(model="pixelcnnpp", order="raster/0", value=1.5),
             _row(task="mnist_center", model="pixelcnnpp", order="raster/0", value=0.7),
             _row(task="mnist_center", order="ensemble(s_curve)", value=0.8)]
     disp, values, best = summary_table(pd.DataFrame(rows))
-    assert values.loc["mnist_top_half", "cond_nll_bpd: lmconv mean of 2 orders"] == pytest.approx(1.1)
-    assert disp.loc["mnist_top_half", "cond_nll_bpd: lmconv mean of 2 orders"] == "1.100 ± 0.100"
+    # the best single order, not the mean over orders (which any mixture beats by Jensen)
+    assert values.loc["mnist_top_half", "cond_nll_bpd: lmconv best single order"] == pytest.approx(1.0)
+    assert disp.loc["mnist_top_half", "cond_nll_bpd: lmconv best single order"] == "1.000 ± 0.050"
     assert values.loc["mnist_top_half", "cond_nll_bpd: pixelcnnpp raster/0"] == 1.5
     # best is per task (row), not per column
     assert best.loc["mnist_top_half", "cond_nll_bpd: lmconv ensemble"]

@@ -61,9 +61,25 @@ def test_full_run_writes_every_metric_and_report(checkpoints, tmp_path):
     assert (df.n[df.metric.isin(["test_bpd", "cond_nll_bpd", "lpips"])] == 32).all()
     assert df.value.notna().all() and (df.value[df.metric != "kid"] > 0).all()
     # context from the order check: LMConv observed-first, raster on top_half sees only the past
-    assert set(lmc[lmc.metric == "cond_nll_bpd"].context) == {"all_observed"}
+    cond = lmc[lmc.metric == "cond_nll_bpd"]
+    assert set(cond[cond.effective_order.str.startswith("observed_first(")].context) == {"all_observed"}
     assert set(df[(df.model == "pixelcnnpp") & (df.metric == "cond_nll_bpd")].context) == {"preceding_only"}
     assert set(lmc[lmc.order == "s_curve/5"].order_trained) == {False}
+    # s_curve/1 and /3 already visit the top half last: run as they are, trained, no companion row
+    for k in (1, 3):
+        rows = cond[cond.order == f"s_curve/{k}"]
+        assert len(rows) == 1 and rows.effective_order.iloc[0] == f"s_curve/{k}" and rows.order_trained.all()
+    # s_curve/0 is reordered: its effective order was never trained (no task masks), coverage < 1,
+    # and the as-is companion (preceding_only) is its trained plain order
+    rows = cond[cond.order == "s_curve/0"].set_index("context")
+    assert rows.loc["all_observed", "effective_order"] == "observed_first(s_curve/0)"
+    assert not rows.loc["all_observed", "order_trained"] and 0 < rows.loc["all_observed", "trained_coverage"] < 1
+    assert rows.loc["preceding_only", "order_trained"] and rows.loc["preceding_only", "trained_coverage"] == 1
+    gain = lmc[(lmc.metric == "context_gain_bpd") & (lmc.order == "s_curve/0")].value.iloc[0]
+    assert gain == pytest.approx(rows.loc["preceding_only", "value"] - rows.loc["all_observed", "value"], abs=1e-12)
+    assert (df.n_params > 0).all()
+    assert df[df.model == "pixelcnnpp"].model_label.str.startswith("pixelcnnpp-tiny [raster/0] ").all()
+    assert lmc.model_label.str.startswith("lmconv-tiny [s_curve/0+s_curve/1+s_curve/2+s_curve/3] ").all()
     # the ensemble of test bpd is log-mean-exp of joint likelihoods: never worse than the worst order
     per = lmc[lmc.metric == "test_bpd"].set_index("order").value
     assert per["ensemble(s_curve)"] <= per.drop("ensemble(s_curve)").max() + 1e-9
@@ -98,9 +114,10 @@ def test_batch_size_and_process_count_do_not_change_results(checkpoints, tmp_pat
         torch.testing.assert_close(torch.tensor(a.value.values), torch.tensor(other.value.values), rtol=1e-6, atol=0)
     pa = pd.read_csv(tmp_path / "b1" / "per_image.csv").sort_values(["order", "metric", "image_id"])
     pc = pd.read_csv(tmp_path / "p2" / "per_image.csv").sort_values(["order", "metric", "image_id"])
-    # 7 images x (2 orders + ensemble) x (test_bpd, cond_nll_bpd) + 7 x 2 orders x lpips
-    assert len(pa) == len(pc) == 7 * 3 * 2 + 7 * 2  # no image dropped or duplicated by sharding
-    assert pa.groupby(["order", "metric"]).image_id.nunique().eq(7).all()
+    # 7 images x (2 orders + ensemble) x (test_bpd, cond_nll_bpd observed-first and as is, context
+    # gain) + 7 x 2 orders x lpips
+    assert len(pa) == len(pc) == 7 * 3 * 4 + 7 * 2  # no image dropped or duplicated by sharding
+    assert pa.groupby(["order", "metric", "context"]).image_id.nunique().eq(7).all()
 
 
 def test_interrupted_run_resumes_to_identical_records(checkpoints, tmp_path):
