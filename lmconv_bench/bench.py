@@ -56,6 +56,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,6 +65,18 @@ SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 """Image shapes (C, H, W) the conv benchmark can use (random data of that shape, 8-bit)."""
 
 ORDER_FAMILIES = ("s_curve", "hilbert", "raster")
+
+COMPARATORS = ("plain", "plain_cl", "footprint")
+"""What LMConv's fast path is timed against, each the same network with the same weights:
+``plain``: unmasked 3×3 ``conv2d`` in NCHW; ``plain_cl``: the same in channels_last (oneDNN's
+faster layout on CPUs); ``footprint``: unmasked ``conv2d`` over only the taps the order opens
+somewhere (2×3 of 3×3 for s_curve and raster; all 9 for hilbert), the honest cost of masking."""
+
+
+def _spread(fast: list[float], other: list[float]) -> dict[str, float]:
+    """Per-round ratios fast/other (rounds are interleaved): their median, min and max."""
+    ratios = [a / b for a, b in zip(fast, other)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -121,9 +134,17 @@ def _forward(net, xf: torch.Tensor, order) -> None:
         net(xf, order)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn: Callable[[], None]) -> float:
+    """Wall seconds of ``fn()`` (CUDA work finished before and after)."""
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -183,74 +204,89 @@ def _run_memory_worker(impl: str, order: str, preset: str, shape: str, batch: in
 def bench_conv(
     preset: str = "bench-default",
     batch: int = 16,
-    repeats: int = 3,
+    repeats: int = 5,
     shape: str = "mnist",
     reference_repeats: int = 1,
     memory_steps: int = 2,
     memory: bool = True,
     json: bool = False,
     log: Callable[[str], None] | None = print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Measure the cost of locally masked convolutions against plain convolutions.
 
     Args:
         preset: lmconv preset (default ``bench-default``: 64 filters, nr_resnet 1, k 3).
         batch: images per step (random 8-bit data of ``shape``).
-        repeats: timed rounds; each round times, per order family, one plain and one LMConv
-            train step and forward pass, interleaved (s_curve and hilbert use variant
-            ``round % 8``). Ratios are ratios of medians.
+        repeats: timed rounds (at least 5 for a spread worth reading); each round times, per order
+            family, one train step and one forward pass of each comparator (:data:`COMPARATORS`)
+            and of LMConv, interleaved (s_curve and hilbert use variant ``round % 8``).
         shape: ``"mnist"`` (28×28×1) or ``"cifar10"`` (32×32×3).
         reference_repeats: timed rounds of the unfold implementation (s_curve only); 0 skips it.
         memory_steps: training steps per memory subprocess; ``memory=False`` skips memory.
         json: also print the result as one JSON object on the last line.
         log: where progress and the summary table go (None: silent).
+        device: ``cpu`` or ``cuda[:N]``; memory is measured on CPU only (skipped on CUDA).
 
     Returns:
-        ``{"train_step_ratio": {family: r}, "forward_ratio": {family: r}, "memory_ratio": r,
-        "memory_ratio_by_order": {...}, "reference": {...}, "seconds": {...}, "config": {...}}``;
-        ratios are LMConv (fast) / plain; seconds are medians per train step / forward.
+        ``{"train_step_ratio": {family: r}, "forward_ratio": {family: r}, "train_step_ratio_vs":
+        {comparator: {family: {"median", "min", "max", "rounds"}}}, "forward_ratio_vs": {...},
+        "memory_ratio": r, "memory_ratio_by_order": {...}, "reference": {...}, "seconds": {...},
+        "config": {...}}``. ``train_step_ratio`` / ``forward_ratio`` (kept for compatibility): LMConv
+        (fast) / plain NCHW, ratios of medians. ``*_vs``: per-round ratios LMConv / comparator with
+        their spread. Seconds are medians per train step / forward.
     """
     from .orders import get_order
 
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
     config = _config(preset, shape)
+    dev = torch.device(device)
     c, h, w = config.channels, config.height, config.width
-    x8, xf = _data(config, batch)
-    impls = ("plain", "fast") + (("reference",) if reference_repeats > 0 else ())
-    nets = _networks(config, impls)
-    orders = {fam: [get_order(n, h, w) for n in _order_names(fam, h)] for fam in ORDER_FAMILIES}
+    x8, xf = (t.to(dev) for t in _data(config, batch))
+    impls = ("plain", "footprint", "fast") + (("reference",) if reference_repeats > 0 else ())
+    nets = {k: v.to(dev) for k, v in _networks(config, impls).items()}
+    # the plain network once more, in channels_last (oneDNN's faster layout on CPUs)
+    nets["plain_cl"] = _networks(config, ("plain",))["plain"].to(dev).to(memory_format=torch.channels_last)
+    xf_cl = xf.contiguous(memory_format=torch.channels_last)
+    inputs = {"plain": xf, "plain_cl": xf_cl, "footprint": xf, "fast": xf}
+    orders = {fam: [get_order(n, h, w).to(dev) for n in _order_names(fam, h)] for fam in ORDER_FAMILIES}
     say(
-        f"bench conv: preset {preset} ({config.arch['nr_filters']} filters, nr_resnet {config.arch['nr_resnet']}), "
-        f"{h}x{w}x{c}, batch {batch}, {torch.get_num_threads()} threads, {repeats} rounds"
+        f"bench conv ({dev}): preset {preset} ({config.arch['nr_filters']} filters, nr_resnet {config.arch['nr_resnet']}), "
+        f"{h}x{w}x{c}, batch {batch}, {torch.get_num_threads()} threads, {repeats} interleaved rounds"
     )
 
     # warm up: every order's masks (cached as in training), and one step of each kind
     for perms in orders.values():
         for perm in perms:
             nets["fast"].conv_masks(perm, batch, h, w, xf.device)
-    for impl in ("plain", "fast"):
-        _train_step(nets[impl], xf, x8, orders["s_curve"][0])
-        _forward(nets[impl], xf, orders["s_curve"][0])
+    for impl in ("plain", "plain_cl", "footprint", "fast"):
+        _train_step(nets[impl], inputs[impl], x8, orders["s_curve"][0])
+        _forward(nets[impl], inputs[impl], orders["s_curve"][0])
 
-    train: dict[str, list[float]] = {"plain": []}
-    fwd: dict[str, list[float]] = {"plain": []}
-    for fam in ORDER_FAMILIES:
-        train[fam], fwd[fam] = [], []
+    # per family and network: one train-step time and one forward time per round, interleaved
+    train = {fam: {k: [] for k in COMPARATORS + ("fast",)} for fam in ORDER_FAMILIES}
+    fwd = {fam: {k: [] for k in COMPARATORS + ("fast",)} for fam in ORDER_FAMILIES}
     for r in range(repeats):
         for fam in ORDER_FAMILIES:
             perm = orders[fam][r % len(orders[fam])]
-            train["plain"].append(_timed(lambda: _train_step(nets["plain"], xf, x8, perm)))
-            train[fam].append(_timed(lambda: _train_step(nets["fast"], xf, x8, perm)))
-            fwd["plain"].append(_timed(lambda: _forward(nets["plain"], xf, perm)))
-            fwd[fam].append(_timed(lambda: _forward(nets["fast"], xf, perm)))
+            for impl in COMPARATORS + ("fast",):
+                net, xin = nets[impl], inputs[impl]
+                train[fam][impl].append(_timed(lambda: _train_step(net, xin, x8, perm)))
+                fwd[fam][impl].append(_timed(lambda: _forward(net, xin, perm)))
         say(f"  round {r + 1}/{repeats} done ({time.perf_counter() - t_start:.0f} s)")
 
-    med_t = {k: statistics.median(v) for k, v in train.items()}
-    med_f = {k: statistics.median(v) for k, v in fwd.items()}
+    med_t = {"plain": statistics.median(v for fam in ORDER_FAMILIES for v in train[fam]["plain"])}
+    med_f = {"plain": statistics.median(v for fam in ORDER_FAMILIES for v in fwd[fam]["plain"])}
+    for fam in ORDER_FAMILIES:
+        med_t[fam], med_f[fam] = statistics.median(train[fam]["fast"]), statistics.median(fwd[fam]["fast"])
     result: dict[str, Any] = {
         "train_step_ratio": {fam: med_t[fam] / med_t["plain"] for fam in ORDER_FAMILIES},
         "forward_ratio": {fam: med_f[fam] / med_f["plain"] for fam in ORDER_FAMILIES},
+        "train_step_ratio_vs": {k: {fam: _spread(train[fam]["fast"], train[fam][k]) for fam in ORDER_FAMILIES}
+                                for k in COMPARATORS},
+        "forward_ratio_vs": {k: {fam: _spread(fwd[fam]["fast"], fwd[fam][k]) for fam in ORDER_FAMILIES}
+                             for k in COMPARATORS},
         "seconds": {"train_step": med_t, "forward": med_f},
     }
 
@@ -267,7 +303,7 @@ def bench_conv(
         }
         say(f"  reference impl done ({time.perf_counter() - t_start:.0f} s)")
 
-    if memory:
+    if memory and dev.type == "cpu":
         del nets
         base = _run_memory_worker("plain", "s_curve/0", preset, shape, batch, memory_steps)
         by_order = {}
@@ -286,6 +322,7 @@ def bench_conv(
         "batch": batch,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
+        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
     say(_table(result))
@@ -294,11 +331,18 @@ def bench_conv(
     return result
 
 
+COMPARATOR_LABELS = {"plain": "plain 3x3 NCHW", "plain_cl": "plain 3x3 channels_last", "footprint": "same tap footprint"}
+
+
 def _table(res: dict[str, Any]) -> str:
-    lines = ["", "LMConv (fast) / plain conv network          s_curve  hilbert   raster"]
-    for key, label in (("train_step_ratio", "train step time ratio"), ("forward_ratio", "forward time ratio")):
-        r = res[key]
-        lines.append(f"  {label:40s} {r['s_curve']:7.2f}  {r['hilbert']:7.2f}  {r['raster']:7.2f}")
+    fams = ORDER_FAMILIES
+    lines = ["", "LMConv (fast) / comparator, median [min-max] over rounds   "
+             + "  ".join(f"{f:>18s}" for f in fams)]
+    for key, what in (("train_step_ratio_vs", "train step"), ("forward_ratio_vs", "forward")):
+        for comp in COMPARATORS:
+            r = res[key][comp]
+            cells = "  ".join(f"{r[f]['median']:5.2f} [{r[f]['min']:4.2f}-{r[f]['max']:4.2f}]" for f in fams)
+            lines.append(f"  {what + ' vs ' + COMPARATOR_LABELS[comp]:52s} {cells}")
     if "memory_ratio_by_order" in res:
         m = res["memory_ratio_by_order"]
         lines.append(
@@ -379,6 +423,9 @@ def bench_complete(
     forward_repeats: int = 3,
     pixelcnnpp: bool = True,
     threads: int | None = None,
+    flip_checkpoints: list[str] | None = None,
+    flip_images: int = 16,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Cost of exact cached completion, in full forward passes, and its speed-up over naive.
 
@@ -399,6 +446,8 @@ def bench_complete(
             on the top half its missing pixels come first, ``context = preceding_only``).
         threads: torch threads for the whole benchmark (None: the current setting). The cached
             sampler's per-step loop picks its own (see ``sampling.SMALL_STEP_MACS``).
+        flip_checkpoints: checkpoints for :func:`float32_flips` on the CI tasks (None or empty:
+            not measured); ``flip_images`` images per task.
 
     Returns:
         ``{"forward_equivalents": {"1": r, ...}, "speedup_vs_naive": {...},
@@ -447,12 +496,67 @@ def bench_complete(
             "threads": torch.get_num_threads(),
             "wall_seconds": round(time.perf_counter() - t_start, 1),
         }
+        if flip_checkpoints:
+            result["float32_flips"] = float32_flips(flip_checkpoints, n_images=flip_images, data_root=data_root, log=say)
     finally:
         torch.set_num_threads(before)
     say(_complete_table(result))
     if json:
         print(_json.dumps(result, sort_keys=True))
     return result
+
+
+FLIP_TASKS = ("mnist_center", "mnist_top_half", "mnist_random")
+
+
+@torch.no_grad()
+def float32_flips(checkpoints: list[str], tasks: tuple[str, ...] = FLIP_TASKS, n_images: int = 16,
+                  data_root=None, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """How often float32 cached completion differs from float32 naive completion.
+
+    Both samplers are exact in float64 (tested). In float32 the summation order differs, so a
+    sample can flip where two bins are nearly tied, and every later pixel of that completion may
+    then differ. Per checkpoint and task: the first ``n_images`` test images with the task's masks,
+    each checkpoint under the order ``run`` would use first (``observed_first`` of its first trained
+    order for any-order models; its own order for fixed-order models and single-order controls),
+    seeds as in ``run``. Returns ``{"completions": n, "differing_completions": k,
+    "completion_rate": k/n, "missing_pixels": m, "differing_pixels": j, "pixel_rate": j/m,
+    "by_cell": [...]}``.
+    """
+    from .checkpoints import load_checkpoint
+    from .config import resolve_tasks
+    from .data import load_split
+    from .masks import make_masks
+    from .orders import get_order, observed_first
+    from .seeding import stable_seed
+
+    say = log or (lambda _msg: None)
+    cells = []
+    for path in checkpoints:
+        model, _ = load_checkpoint(path)
+        cfg = model.config
+        name = model.fixed_order or cfg.trained_orders[0]
+        own_order = bool(model.fixed_order) or (len(cfg.trained_orders) == 1 and not cfg.trained_task_masks)
+        for task_name in tasks:
+            (task,) = resolve_tasks(task_name)
+            if task.dataset != cfg.dataset:
+                continue
+            data = load_split(task.dataset, task.split, data_root, limit=n_images)
+            missing = make_masks(task.mask_family, task.mask_params, cfg.height, cfg.width, data.ids)
+            perm = get_order(name, cfg.height, cfg.width)
+            perms = perm.expand(len(missing), -1) if own_order else observed_first(perm, missing)
+            seeds = torch.tensor([stable_seed(0, i, name, 0) for i in data.ids], dtype=torch.long)
+            cached = model.complete(data.images, missing, perms, seeds, sampler="cached")
+            naive = model.complete(data.images, missing, perms, seeds, sampler="naive")
+            diff = (cached != naive).flatten(2).any(1)  # [N, H*W] pixel differs in any channel
+            cells.append({"checkpoint": Path(path).name, "task": task_name, "order": name, "completions": len(diff),
+                          "differing_completions": int(diff.any(1).sum()), "missing_pixels": int(missing.sum()),
+                          "differing_pixels": int(diff.sum())})
+            say(f"  float32 flips {Path(path).name} {task_name}: {cells[-1]['differing_completions']}/{len(diff)} "
+                f"completions, {cells[-1]['differing_pixels']}/{cells[-1]['missing_pixels']} missing pixels differ")
+    tot = {k: sum(c[k] for c in cells) for k in ("completions", "differing_completions", "missing_pixels", "differing_pixels")}
+    return {**tot, "completion_rate": tot["differing_completions"] / max(tot["completions"], 1),
+            "pixel_rate": tot["differing_pixels"] / max(tot["missing_pixels"], 1), "by_cell": cells}
 
 
 def _complete_table(res: dict[str, Any]) -> str:

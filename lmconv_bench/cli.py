@@ -153,12 +153,30 @@ def orders_cmd(
 
 
 # ------------------------------------------------------------------------------ train
+@app.command("models")
+def models_cmd(
+    datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated datasets to size the models for (parameter counts depend on channels).")] = "mnist,cifar10",
+    include_paper: Annotated[bool, typer.Option("--paper/--no-paper", help="Also build the paper presets (tens of millions of parameters; a few seconds).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the listing as JSON (last line).")] = False,
+) -> None:
+    """List every registered model and preset with its parameter count per dataset, so that
+    comparisons can be capacity-matched (e.g. lmconv small against pixelcnnpp matched)."""
+    from .models.base import model_parameter_counts
+
+    rows = model_parameter_counts([d.strip() for d in datasets.split(",") if d.strip()], include_paper)
+    if as_json:
+        _print_json_last(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['model']:<12} {r['preset']:<14} {r['dataset']:<10} {r['n_params']:>12,}")
+
+
 @app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Option("--model", help="Model family: lmconv or pixelcnnpp (or one registered by a plugin).")] = "lmconv",
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset: mnist, mnist_binary, cifar10, celeba32, celeba64.")] = "mnist",
     orders: Annotated[Optional[str], typer.Option("--orders", help="Order SPEC to train on; each batch draws one order at random from it (default s_curve; raster/0 for pixelcnnpp).")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="Architecture preset: tiny (tests), small (CPU reference), paper.")] = "small",
+    preset: Annotated[str, typer.Option("--preset", help="Architecture preset: tiny (tests), small (CPU reference), matched (pixelcnnpp only: within 2% of lmconv small), paper. `lmconv-bench models` lists every preset with its parameter count.")] = "small",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the training set.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps (with --epochs: whichever comes first).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per process per step.")] = 16,
@@ -365,12 +383,21 @@ def sample_cmd(
 @bench_app.command("conv")
 def bench_conv_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the ratios as the last line.")] = False,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds (the spread is over rounds; at least 5).", min=1)] = 5,
+    preset: Annotated[str, typer.Option("--preset", help="LMConv preset timed (bench-default: 64 filters, one resnet per stage; paper for GPUs).")] = "bench-default",
+    shape: Annotated[str, typer.Option("--shape", help="Image shape: mnist (28x28x1) or cifar10 (32x32x3).")] = "mnist",
+    batch: Annotated[int, typer.Option("--batch", help="Images per step.", min=1)] = 16,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N].")] = "cpu",
 ) -> None:
-    """Train-step and forward time of the LMConv network relative to the same network with plain
-    convolutions, and peak memory, for s_curve, hilbert and raster orders (CPU-sized preset)."""
+    """Train-step and forward time of the LMConv network against three comparators, each the same
+    network with the same weights: plain 3x3 conv2d in NCHW, the same in channels_last, and an
+    unmasked conv over the same kernel-tap footprint as the order opens (the honest overhead of
+    masking); per order family (s_curve, hilbert, raster), as median [min-max] of per-round
+    ratios over interleaved rounds; plus peak memory and the official unfold algorithm / plain."""
     from .bench import bench_conv
+    from .distributed import resolve_device
 
-    result = bench_conv()
+    result = bench_conv(preset=preset, batch=batch, repeats=rounds, shape=shape, device=str(resolve_device(device)))
     if as_json:
         _print_json_last(result)
 
@@ -378,12 +405,18 @@ def bench_conv_cmd(
 @bench_app.command("complete")
 def bench_complete_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures as the last line.")] = False,
+    flips: Annotated[bool, typer.Option("--flips/--no-flips", help="Also measure how often float32 cached completion differs from float32 naive completion on the MNIST reference checkpoints (the CI tasks; a few minutes).")] = True,
+    flip_images: Annotated[int, typer.Option("--flip-images", help="Test images per task for the float32 flip measurement.", min=1)] = 16,
+    data_root: DataRoot = None,
 ) -> None:
     """Cost of exact cached completion (MNIST top half, small preset) in full forward-pass
-    equivalents, and its speed-up over naive completion, at batch sizes 1, 16 and 64."""
+    equivalents, and its speed-up over naive completion, at batch sizes 1, 16 and 64; and the
+    float32 flip rate of cached against naive completion on the reference checkpoints."""
     from .bench import bench_complete
+    from .reference import reference_checkpoints
 
-    result = bench_complete()
+    ckpts = [str(p) for p in reference_checkpoints("mnist")] if flips else []
+    result = bench_complete(flip_checkpoints=ckpts, flip_images=flip_images, data_root=data_root)
     if as_json:
         _print_json_last(result)
 

@@ -69,8 +69,8 @@ def resolve_device(device: str = "auto") -> torch.device:
             dev = torch.device("cuda", local_rank() if launched_by_torchrun() else torch.cuda.current_device())
         if dev.index >= torch.cuda.device_count():
             raise UserError(f"device {dev} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    elif dev.type not in ("cpu", "mps"):
-        raise UserError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    elif dev.type != "cpu":
+        raise UserError(f"unsupported device {device!r} (lmconv-bench runs on CPU or CUDA); use auto, cpu, cuda or cuda:N")
     return dev
 
 

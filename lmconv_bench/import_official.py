@@ -56,10 +56,13 @@ Trained orders (``args.order``, a name or a list of names; ``randomize_order``;
 ``base_order_transpose`` / ``base_order_reflect_rows`` / ``base_order_reflect_cols``;
 ``order_variants``; ``train_masks``), rebuilt exactly as ``main.py`` builds its list of training
 orders. Official names map to ours: ``raster_scan`` → ``raster``, ``s_curve`` → ``s_curve``,
-``gilbert2d`` and ``hilbert`` → ``hilbert``, ``s_curve_center_quarter_last`` → ``center_last``.
-The official ``hilbert`` (the ``hilbertcurve`` package, power-of-two sizes only) was checked
-against our ``hilbert`` on 8×8 … 64×64 with an own implementation of Skilling's algorithm, which
-that package uses; ``gilbert2d`` is the same construction as ours.
+``hilbert`` → ``hilbert``, ``s_curve_center_quarter_last`` → ``center_last``, and
+``gilbert2d`` → the **transpose** of our ``hilbert``: the official ``gilbert2d`` generator yields
+``(x, y)`` = (column, row) pairs, but the official mask code reads each pair as ``(row, col)``,
+so its base sequence is our ``hilbert/4``, and its ``randomize_order`` list position ``i`` is our
+``hilbert/(i XOR 4)`` (:data:`TRANSPOSED_ORDERS`). The official ``hilbert`` (the ``hilbertcurve``
+package, power-of-two sizes only) was checked against our ``hilbert`` on 8×8 … 64×64 with an own
+implementation of Skilling's algorithm, which that package uses.
 
 Not supported (refused with a UserError): PixelCNN++ checkpoints trained without ``--ours``;
 ``--learn_weight_for_masks`` (``mask_weight`` tensors); ``instance_norm(_affine)`` and
@@ -109,6 +112,10 @@ ORDER_NAMES = {
     "s_curve_center_quarter_last": "center_last",
 }
 """Official ``--order`` names → our base order names."""
+
+TRANSPOSED_ORDERS = frozenset({"gilbert2d"})
+"""Official orders whose base sequence, as the official mask code reads it, is the transpose of
+our base order of the same construction (variant 4 before any ``base_order_*`` flag)."""
 
 OFFICIAL_DEFAULTS: dict[str, Any] = {
     "kernel_size": 5,
@@ -429,10 +436,11 @@ def orders_from_args(args: Mapping[str, Any] | None) -> tuple[str, ...]:
         if name not in ORDER_NAMES:
             raise unknown("official order", name, ORDER_NAMES, "the checkpoint's args")
         base = ORDER_NAMES[name]
+        inner = _compose(base_k, 4) if name in TRANSPOSED_ORDERS else base_k  # the flags act after the transpose
         if args.get("randomize_order"):
-            listed += [f"{base}/{_compose(i, base_k)}" for i in range(8)]
+            listed += [f"{base}/{_compose(i, inner)}" for i in range(8)]
         else:
-            listed.append(f"{base}/{base_k}")
+            listed.append(f"{base}/{inner}")
     for key in ("order_variants", "train_masks"):
         pick = args.get(key)
         if pick:

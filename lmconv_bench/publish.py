@@ -45,9 +45,12 @@ def train_command(cfg: dict[str, Any]) -> str:
     default = TrainConfig().to_dict()
     parts = ["lmconv-bench", "train"]
     for key in ("model", "dataset", "orders", "preset", "epochs", "max_steps", "batch_size", "lr", "lr_decay", "ema",
-                "grad_clip", "seed", "train_limit", "eval_every", "eval_images", "checkpoint_every"):
+                "grad_clip", "seed", "train_limit", "eval_every", "eval_images", "checkpoint_every", "task_masks",
+                "task_mask_prob"):
         val = cfg.get(key)
         if key not in ("model", "dataset", "preset") and (val is None or val == default.get(key)):
+            continue
+        if key == "task_mask_prob" and not cfg.get("task_masks"):
             continue
         parts += [f"--{key.replace('_', '-')}", shlex.quote(str(val))]
     return " ".join(parts)
@@ -143,18 +146,24 @@ def render_card(name, model, meta, state, tb, log, sha, hw, note) -> str:
     wall = state.get("elapsed_s")
     n_params = sum(p.numel() for p in model.parameters())
     orders = ", ".join(cfg.trained_orders)
+    masks = cfg.trained_task_masks
+    seen = int(meta.get("step") or 0) * int(tc.get("batch_size") or 0) * int(meta.get("world_size", 1))
     lines = [
         f"# Model card: {name}",
         "",
         f"- **Model:** `{cfg.model}`, preset `{cfg.preset}` ({n_params:,} parameters); "
         f"architecture `{json.dumps(cfg.arch, sort_keys=True)}`; head `{cfg.head}`.",
         f"- **Trained orders** ({len(cfg.trained_orders)}): {orders}.",
+        (f"- **Task-aware training:** with probability {tc.get('task_mask_prob')} a step trained on "
+         f"`observed_first(order, mask)` with one mask per image from {', '.join(masks)} (default parameters); "
+         "the loss is the full joint likelihood either way." if masks else
+         "- **Task-aware training:** none (plain orders only)."),
         f"- **Data:** `{cfg.dataset}` training split ({info.height}x{info.width}x{info.channels}, {cfg.n_bits} bits); "
         f"{tc.get('train_limit') or 'all'} training images.",
         f"- **Command:** `{train_command(tc)}`"
         + (" (continued with `--resume` across sessions; resumption is exact)." if tc.get("resume") else "."),
         f"- **Steps:** {meta.get('step')} at batch {tc.get('batch_size')} x {meta.get('world_size', 1)} process(es) "
-        f"= {float(meta.get('epoch', 0)):.2f} epochs.",
+        f"= {float(meta.get('epoch', 0)):.2f} epochs; **images seen: {seen:,}** (steps x batch).",
         f"- **Wall time:** {wall / 60:.1f} min of training (evaluation included)." if wall else "- **Wall time:** not recorded.",
         f"- **Hardware:** {hw}.",
         f"- **Test bits/dim:** {tb['mean']:.4f} ± {tb['stderr']:.4f} (stderr) under `{tb['order']}`, "

@@ -29,8 +29,8 @@ def _cli(*args, timeout=900):
 
 
 def _frame(values: dict[tuple[str, str], float]) -> pd.DataFrame:
-    return pd.DataFrame([{"task": "t", "model": "lmconv", "preset": "small", "order": o, "metric": m, "value": v}
-                         for (o, m), v in values.items()])
+    return pd.DataFrame([{"task": "t", "model": "lmconv", "model_label": "lmconv-small [s_curve] 468k", "order": o,
+                          "metric": m, "context": "all_observed", "value": v} for (o, m), v in values.items()])
 
 
 def test_compare_applies_per_metric_tolerances_and_fails_missing_cells():
@@ -68,7 +68,7 @@ def test_read_reference_rejects_other_csv(tmp_path):
 
 
 def _reference_lmconv() -> Path:
-    refs = [p for p in reference_checkpoints("mnist") if "lmconv" in p.name]
+    refs = [p for p in reference_checkpoints("mnist") if p.name == "lmconv-mnist-small.safetensors"]
     assert refs, "the MNIST LMConv reference checkpoint must be committed under results/checkpoints/reference/"
     return refs[0]
 
@@ -89,9 +89,11 @@ def test_check_passes_on_reference_and_fails_when_one_weight_is_perturbed(tmp_pa
     again = _cli("freeze", run_dir, "--out", csv)
     assert again.returncode == 2 and "--force" in again.stderr and csv.read_text() == before
 
+    # per order and the ensemble: test_bpd, observed-first cond_nll_bpd, its as-is companion, context gain
+    assert len(ref.records) == 12 and set(ref.records.context) == {"unconditional", "all_observed", "preceding_only"}
     ok = _cli("check", "--reference", csv, "--no-progress")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "ok: all 6 cells within tolerance" in ok.stdout
+    assert "ok: all 12 cells within tolerance" in ok.stdout
 
     model, _ = load_checkpoint(lm)
     with torch.no_grad():
@@ -104,11 +106,11 @@ def test_check_passes_on_reference_and_fails_when_one_weight_is_perturbed(tmp_pa
 
     report = json.loads(drift.stdout.strip().splitlines()[-1])
     cells = report["files"][str(csv)]
-    assert report["ok"] is False and len(cells) == 6
+    assert report["ok"] is False and len(cells) == 12
     assert {(c["order"], c["metric"]) for c in cells if not c["ok"]} >= {("s_curve/0", "test_bpd")}
     assert "DRIFT" in drift.stdout and "FAILED:" in drift.stdout
     verdict_line = next(line for line in drift.stdout.splitlines() if "FAILED:" in line)
-    assert "mnist_top_half lmconv s_curve/0 test_bpd" in verdict_line
+    assert "mnist_top_half lmconv-small [" in verdict_line and "s_curve/0 test_bpd [unconditional]" in verdict_line
 
 
 def test_publish_writes_weights_and_a_card_with_independently_checked_bpd(tmp_path, data_root, monkeypatch):

@@ -358,8 +358,9 @@ def test_trained_orders_follow_the_official_list_exactly(flags, randomize):
 
 def test_trained_order_names_and_selection():
     assert orders_from_args({"order": "raster_scan"}) == ("raster/0",)
+    # gilbert2d and hilbert are two orders (transposes of each other), not one
     assert orders_from_args({"order": ["gilbert2d", "s_curve_center_quarter_last", "hilbert"]}) == (
-        "hilbert/0", "center_last/0",
+        "hilbert/4", "center_last/0", "hilbert/0",
     )
     assert set(ORDER_NAMES.values()) == {"raster", "s_curve", "hilbert", "center_last"}
     picked = orders_from_args({"order": ["s_curve"], "randomize_order": True, "order_variants": [1, 3]})
@@ -368,3 +369,59 @@ def test_trained_order_names_and_selection():
     assert orders_from_args({"order": None}) == () and orders_from_args(None) == ()
     with pytest.raises(UserError, match="order_variants"):
         orders_from_args({"order": ["s_curve"], "order_variants": [5]})
+
+
+# ------------------------------------------------------------------------------ gilbert2d
+def _gilbert2d(width: int, height: int):
+    """The generalized Hilbert curve (Cervený's gilbert2d), written here from its published
+    description as an independent reference: yields (x, y) = (column, row) pairs."""
+
+    def sgn(v):
+        return (v > 0) - (v < 0)
+
+    def gen(x, y, ax, ay, bx, by):
+        w, h = abs(ax + ay), abs(bx + by)
+        dax, day, dbx, dby = sgn(ax), sgn(ay), sgn(bx), sgn(by)
+        if h == 1:
+            for _ in range(w):
+                yield x, y
+                x, y = x + dax, y + day
+            return
+        if w == 1:
+            for _ in range(h):
+                yield x, y
+                x, y = x + dbx, y + dby
+            return
+        ax2, ay2, bx2, by2 = ax // 2, ay // 2, bx // 2, by // 2
+        w2, h2 = abs(ax2 + ay2), abs(bx2 + by2)
+        if 2 * w > 3 * h:
+            if w2 % 2 and w > 2:
+                ax2, ay2 = ax2 + dax, ay2 + day
+            yield from gen(x, y, ax2, ay2, bx, by)
+            yield from gen(x + ax2, y + ay2, ax - ax2, ay - ay2, bx, by)
+        else:
+            if h2 % 2 and h > 2:
+                bx2, by2 = bx2 + dbx, by2 + dby
+            yield from gen(x, y, bx2, by2, ax2, ay2)
+            yield from gen(x + bx2, y + by2, ax, ay, bx - bx2, by - by2)
+            yield from gen(x + (ax - dax) + (bx2 - dbx), y + (ay - day) + (by2 - dby), -bx2, -by2, -(ax - ax2), -(ay - ay2))
+
+    if width >= height:
+        yield from gen(0, 0, width, 0, 0, height)
+    else:
+        yield from gen(0, 0, 0, height, width, 0)
+
+
+@pytest.mark.parametrize("n", [4, 8, 16, 28, 32])
+def test_gilbert2d_imports_as_the_transpose_of_our_hilbert(n):
+    # the official mask code reads each (x, y) pair of gilbert2d as (row, col)
+    official = [(x, y) for x, y in _gilbert2d(n, n)]  # (row, col) as read
+    assert sorted(official) == [(r, c) for r in range(n) for c in range(n)]
+    (name,) = orders_from_args({"order": "gilbert2d"})
+    assert name == "hilbert/4"
+    assert torch.equal(get_order(name, n, n), _flat(official, n))
+    # randomize_order: official list position i is the i-th dihedral variant of that sequence
+    names = orders_from_args({"order": "gilbert2d", "randomize_order": True})
+    for name, seq in zip(names, _official_variants(official, n)):
+        assert torch.equal(get_order(name, n, n), _flat(seq, n)), name
+    assert names == tuple(f"hilbert/{i}" for i in (4, 5, 6, 7, 0, 1, 2, 3))

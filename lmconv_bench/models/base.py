@@ -284,3 +284,18 @@ def make_config(
         arch=arch,
         trained_orders=tuple(trained_orders),
     )
+
+
+def model_parameter_counts(datasets: list[str], include_paper: bool = True) -> list[dict[str, Any]]:
+    """``[{"model", "preset", "dataset", "n_params"}]`` for every registered model and preset
+    (``paper`` presets only with ``include_paper``), built with random weights on CPU."""
+    rows = []
+    for name in model_names():
+        for preset in presets(name):
+            if preset == "paper" and not include_paper:
+                continue
+            for ds in datasets:
+                net = build_model(make_config(name, preset, ds, trained_orders=["raster/0"]))
+                rows.append({"model": name, "preset": preset, "dataset": ds,
+                             "n_params": sum(p.numel() for p in net.parameters())})
+    return rows

@@ -423,7 +423,25 @@ def masked_conv_at(
 
 
 # ----------------------------------------------------------------------------- modules
-CONV_IMPLS = ("fast", "reference", "plain")
+CONV_IMPLS = ("fast", "reference", "plain", "footprint")
+"""``fast`` / ``reference`` (unfold): locally masked; ``plain``: unmasked 3×3 ``conv2d`` (not
+autoregressive; a benchmark comparator); ``footprint``: unmasked ``conv2d`` over only the kernel
+taps the order opens somewhere (the mask's ``box``; not autoregressive either): the same
+multiply-adds as the fast path without its masking, the honest comparator of masking's overhead."""
+
+
+def footprint_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, cm: "ConvMask") -> Tensor:
+    """Unmasked convolution over the taps of ``cm.box`` only (``[B, in, H, W]`` → ``[B, out, H, W]``).
+
+    Output ``(r, c)`` = Σ over box taps ``(i, j)`` of ``w[:, :, i, j] · x[r + (i - k//2)·d, c + (j - k//2)·d]``
+    (zero outside the image), computed as one ``conv2d`` on an asymmetrically padded input.
+    """
+    i0, i1, j0, j1 = cm.box
+    half, d = cm.k // 2, cm.dilation
+    if i1 == i0:
+        return x.new_zeros(x.shape[0], weight.shape[0], *x.shape[2:]) + (0 if bias is None else bias.view(1, -1, 1, 1))
+    xp = F.pad(x, ((half - j0) * d, (j1 - 1 - half) * d, (half - i0) * d, (i1 - 1 - half) * d))
+    return F.conv2d(xp, weight[:, :, i0:i1, j0:j1], bias, dilation=d)
 
 
 def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
@@ -491,7 +509,7 @@ class LocallyMaskedConv2d(nn.Module):
             raise ValueError(
                 f"mask is for k={mask.k}, dilation={mask.dilation}; layer has k={self.kernel_size}, dilation={self.dilation}"
             )
-        fn = lmconv2d if self.impl == "fast" else lmconv2d_reference
+        fn = {"fast": lmconv2d, "reference": lmconv2d_reference, "footprint": footprint_conv2d}[self.impl]
         return fn(x, weight, self.bias, mask)
 
     def extra_repr(self) -> str:
