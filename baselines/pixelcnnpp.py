@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmconv_bench.errors import UserError, did_you_mean, unknown
-from lmconv_bench.models.base import AutoregressiveImageModel, ModelConfig, Orders, register_model
+from lmconv_bench.models.base import AutoregressiveImageModel, ModelConfig, Orders, check_arch, register_model
 from lmconv_bench.models.likelihood import make_head
 from lmconv_bench.orders import get_order
 
@@ -292,6 +292,7 @@ class PixelCNNPP(AutoregressiveImageModel):
                 f"got {config.height}x{config.width}"
             )
         arch = resolve_arch(dict(config.arch))
+        check_arch("pixelcnnpp", arch, ("nr_resnet", "nr_filters", "nr_logistic_mix"))
         self.config = config
         self.arch = arch
         nr_resnet, nf = int(arch["nr_resnet"]), int(arch["nr_filters"])

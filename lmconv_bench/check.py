@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import UserError, unknown
-from .io_utils import atomic_write_text, check_writable
+from .io_utils import atomic_write_text, check_writable, writer_lock
 from .records import METRIC_UNITS, RECORD_COLUMNS, read_records
 
 MAGIC = "# lmconv-bench reference results v1"
@@ -70,6 +70,7 @@ class Reference:
     checkpoints: dict[str, str]  # sha256 -> file name
     image_ids: dict[str, list[str]]  # task -> ids
     records: pd.DataFrame
+    version: str = "unknown"  # lmconv-bench version that made it (absent in older files)
 
 
 def read_reference(path: str | Path) -> Reference:
@@ -106,8 +107,11 @@ def read_reference(path: str | Path) -> Reference:
     lacking = set(RECORD_COLUMNS) - set(records.columns)
     if lacking or records.empty:
         raise UserError(f"{path}: the records lack columns {sorted(lacking)} or are empty; regenerate it with `lmconv-bench freeze`")
+    if not (isinstance(header["run_config"], dict) and isinstance(header["checkpoints"], dict)
+            and isinstance(header["image_ids"], dict)):
+        raise UserError(f"{path}: header run_config/checkpoints/image_ids must be JSON objects; regenerate it with `lmconv-bench freeze`")
     return Reference(path, header["command"], header["git_commit"], header["date"], header["run_config"],
-                     header["checkpoints"], header["image_ids"], records)
+                     header["checkpoints"], header["image_ids"], records, header.get("lmconv_bench_version", "unknown"))
 
 
 def freeze(run_dir: str | Path, out: str | Path, force: bool = False) -> Path:
@@ -116,29 +120,41 @@ def freeze(run_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     Refuses to overwrite an existing file unless ``force``.
     """
     run_dir, out = Path(run_dir), Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; pass a file name such as {out / 'task.csv'}")
+    if out.resolve().parent == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out} lies inside the run directory {run_dir}; write the reference elsewhere "
+                        "(e.g. results/reference/ci/TASK.csv)")
     records = read_records(run_dir)
     mpath = run_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text())
-    if manifest.get("image_ids") is None:
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} has no manifest.json; pass a directory written by `lmconv-bench run`") from None
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{mpath} is unreadable or corrupt; rerun the `lmconv-bench run` command that made it") from None
+    if not isinstance(manifest, dict) or manifest.get("image_ids") is None or "config" not in manifest:
         raise UserError(f"{run_dir} is not finished (its manifest has no image ids); rerun the same `lmconv-bench run` command to complete it")
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to replace it, or choose another --out")
-    check_writable(out)
-    cfg = dict(manifest["config"])
-    cfg.pop("checkpoints", None)
-    checkpoints = {sha: Path(p).name for p, sha in manifest["checkpoints"].items()}
-    header = {
-        "command": manifest.get("command", ""),
-        "git_commit": manifest.get("git_commit") or "unknown",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "run_config": json.dumps(cfg, sort_keys=True),
-        "checkpoints": json.dumps(checkpoints, sort_keys=True),
-        "image_ids": json.dumps(manifest["image_ids"]),
-    }
-    body = io.StringIO()
-    records.to_csv(body, index=False, columns=list(RECORD_COLUMNS))
-    text = MAGIC + "\n" + "".join(f"# {k}: {v}\n" for k, v in header.items()) + body.getvalue()
-    atomic_write_text(out, text)
+    with writer_lock(out.parent, "reference folder"):
+        if out.exists() and not force:
+            raise UserError(f"{out} exists; pass --force to replace it, or choose another --out")
+        check_writable(out)
+        cfg = dict(manifest["config"])
+        cfg.pop("checkpoints", None)
+        checkpoints = {sha: Path(p).name for p, sha in manifest["checkpoints"].items()}
+        header = {
+            "command": manifest.get("command", ""),
+            "git_commit": manifest.get("git_commit") or "unknown",
+            "lmconv_bench_version": manifest.get("lmconv_bench_version") or "unknown",
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_config": json.dumps(cfg, sort_keys=True),
+            "checkpoints": json.dumps(checkpoints, sort_keys=True),
+            "image_ids": json.dumps(manifest["image_ids"]),
+        }
+        body = io.StringIO()
+        records.to_csv(body, index=False, columns=list(RECORD_COLUMNS))
+        text = MAGIC + "\n" + "".join(f"# {k}: {v}\n" for k, v in header.items()) + body.getvalue()
+        atomic_write_text(out, text)
     return out
 
 
@@ -275,6 +291,7 @@ def check(reference: str | Path, checkpoints: list[str] | None = None, tolerance
     from .evaluate import RunConfig, run
 
     ref = read_reference(reference)
+    log(f"{ref.path}: reference made by lmconv-bench {ref.version} at git commit {ref.git_commit[:12]} on {ref.date}")
     tol = parse_tolerances(tolerances)
     rc = ref.run_config
     tasks = sorted(set(ref.records["task"]))

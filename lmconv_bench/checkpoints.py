@@ -239,8 +239,38 @@ def _corrupt(path: Path, why: str) -> UserError:
     return UserError(f"checkpoint {path} is truncated or corrupted ({why}); re-download or retrain it")
 
 
+def _finish_interrupted_pair(path: Path, side: Path, digest: str) -> bool:
+    """A crash between the two renames of :func:`save_checkpoint` leaves the new checkpoint beside
+    the old sidecar, and the new sidecar as a temp file ``.<sidecar>.*.tmp``. If such a temp file
+    holds ``digest``, complete the pair (rename it into place) and return True."""
+    for cand in sorted(path.parent.glob(f".{side.name}.*.tmp")):
+        parts = cand.read_text(encoding="utf-8", errors="replace").split()
+        if parts and parts[0].lower() == digest:
+            try:
+                os.replace(cand, side)
+            except OSError:
+                pass  # a read-only folder: the pending sidecar still vouches for the file
+            return True
+    return False
+
+
+def clean_stray_temps(path: PathLike) -> int:
+    """Delete the temp files a killed :func:`save_checkpoint` of ``path`` may have left (the
+    checkpoint's and its sidecar's); returns how many. Call only while holding the directory's
+    writer lock, after the checkpoint was verified."""
+    path = Path(path)
+    n = 0
+    for pattern in (f".{path.name}.*.tmp", f".{sidecar_path(path).name}.*.tmp"):
+        for stray in path.parent.glob(pattern):
+            stray.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def verify_sha256(path: PathLike) -> str:
-    """Hex sha256 of ``path``; raises UserError if a ``.sha256`` sidecar exists and disagrees."""
+    """Hex sha256 of ``path``; raises UserError if a ``.sha256`` sidecar exists and disagrees
+    (after completing a checkpoint/sidecar pair that a crash interrupted, see
+    :func:`_finish_interrupted_pair`)."""
     path = Path(path)
     _check_exists(path)
     digest = file_sha256(path)
@@ -248,7 +278,7 @@ def verify_sha256(path: PathLike) -> str:
     if side.exists():
         parts = side.read_text(encoding="utf-8", errors="replace").split()
         expected = parts[0].lower() if parts else ""
-        if expected != digest:
+        if expected != digest and not _finish_interrupted_pair(path, side, digest):
             raise UserError(
                 f"checkpoint {path} does not match its sha256 sidecar {side.name} "
                 f"(file {digest[:12]}…, sidecar {expected[:12] or 'empty'}…): it is truncated or corrupted; "
@@ -372,8 +402,23 @@ def state_mismatch(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> s
     return "; ".join(parts) or None
 
 
+def non_finite_tensor(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor of ``state`` holding NaN or inf, else None."""
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
 def load_state_strict(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``module.load_state_dict(state)``, turning key or shape mismatches into one UserError."""
+    """``module.load_state_dict(state)``, turning key or shape mismatches, and NaN or inf values,
+    into one UserError."""
+    bad = non_finite_tensor(state)
+    if bad is not None:
+        raise UserError(
+            f"checkpoint {path} {what} hold NaN or inf (tensor {bad}); it cannot give finite results: "
+            "retrain it, or resume from an earlier checkpoint"
+        )
     problem = state_mismatch(module, state)
     if problem:
         raise UserError(

@@ -115,6 +115,10 @@ def tasks_cmd(
 
 
 # ------------------------------------------------------------------------------ orders
+MAX_SIDE = 1024
+"""Largest image side ``orders --size`` accepts (a 1024x1024 order takes about a second)."""
+
+
 def _parse_size(size: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size.lower().split("x"))
@@ -122,6 +126,8 @@ def _parse_size(size: str) -> tuple[int, int]:
             raise ValueError
     except ValueError:
         raise UserError(f"--size must look like 28x28 (HxW, positive integers), got {size!r}") from None
+    if max(h, w) > MAX_SIDE:
+        raise UserError(f"--size {size} is too large: at most {MAX_SIDE}x{MAX_SIDE}")
     return h, w
 
 
@@ -130,7 +136,7 @@ def orders_cmd(
     size: Annotated[str, typer.Option("--size", help="Image size HxW, e.g. 28x28.")],
     orders: Annotated[str, typer.Option("--orders", help="Order SPEC: 'all', a base name (its 8 variants: raster, s_curve, hilbert, center_last), NAME/k, or a comma list.")] = "s_curve",
     as_json: Annotated[bool, typer.Option("--json", help="Print {name: [flat indices in visiting order]} as the last line.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the orders as curves into this PNG file.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the orders as curves into this PNG file (its name must end in .png).")] = None,
 ) -> None:
     """Print generation orders as permutations of the H*W pixels, or draw them."""
     from . import orders as O
@@ -140,6 +146,8 @@ def orders_cmd(
     if plot is not None:
         from .io_utils import check_writable
 
+        if plot.suffix.lower() != ".png" or plot.is_dir():
+            raise UserError(f"--plot {plot} must be a PNG file name ending in .png, e.g. orders.png")
         check_writable(plot)
         O.plot_orders(names, h, w, str(plot))
         typer.echo(f"wrote {plot} ({len(names)} orders)", err=as_json)
@@ -374,6 +382,8 @@ def sample_cmd(
     from .io_utils import check_writable
     from .sampling import sample_grid
 
+    if not out.lower().endswith(".png") or Path(out).is_dir():
+        raise UserError(f"--out {out} must be a PNG file name ending in .png, e.g. samples.png")
     check_writable(out)
     sample_grid(checkpoint, order=order, n=n, temperature=temperature, seed=seed, out_png=out,
                 batch_size=batch_size, device=resolve_device(device), log=lambda m: typer.echo(m, err=True))
@@ -422,13 +432,50 @@ def bench_complete_cmd(
 
 
 # ------------------------------------------------------------------------------ entry point
+class Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler (click would turn a KeyboardInterrupt into "Aborted!")."""
+
+
+RESUME_HINTS = {
+    "run": "finished cells are kept: rerun the same command to resume",
+    "check": "nothing was changed: rerun the same command",
+    "train": "the last checkpoint is kept: rerun the same command with --resume to continue",
+}
+
+
+def _on_sigint(_signum, _frame):
+    raise Interrupted()
+
+
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit status 2."""
+    """Console entry point: run the app; user errors (ours and the command line's) become one line
+    on stderr and exit status 2, Ctrl-C one line naming how to resume and exit status 130."""
+    import signal
+
+    try:  # typer >= 0.16 vendors click; older typers use click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
     try:
-        app()
+        rc = app(standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to resume", err=True)
+    except click_exc.UsageError as e:
+        where = f"lmconv-bench {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "lmconv-bench"
+        typer.echo(f"error: {e.format_message().rstrip('.')}; see `{where} --help`", err=True)
+        sys.exit(2)
+    except ValueError as e:
+        if "null byte" not in str(e):
+            raise
+        typer.echo("error: a path or name holds a NUL byte; remove it", err=True)
+        sys.exit(2)
+    except (Interrupted, KeyboardInterrupt, getattr(click_exc, "Abort", KeyboardInterrupt)):
+        typer.echo(f"interrupted; {RESUME_HINTS.get(command, 'nothing was left half-written: rerun the command')}", err=True)
         sys.exit(130)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)

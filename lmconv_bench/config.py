@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError, did_you_mean, unknown
+from .errors import UserError, check_name, did_you_mean, unknown
 from .masks import FAMILIES, check_params
 
 METRICS = ("test_bpd", "cond_nll_bpd", "lpips", "fid", "kid")
@@ -149,7 +149,7 @@ def load_task_file(path: str | Path) -> TaskConfig:
     for key in ("dataset", "mask", "metrics", "profiles"):
         if key not in d:
             raise UserError(f"task file {where} is missing the key {key!r}")
-    name = d.get("name") or path.stem
+    name = check_name(d.get("name") or path.stem, f"task name in {where}")
     if d["dataset"] not in DATASETS:
         raise unknown("dataset", d["dataset"], DATASETS, where)
     info = DATASETS[d["dataset"]]

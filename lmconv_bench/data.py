@@ -544,10 +544,41 @@ def _cifar_md5_ok(root: Path, split: str) -> bool:
     return all(check_integrity(str(d / f), md5) for f, md5 in _cifar_files(split))
 
 
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+"""The only globals a CIFAR-10 batch may reference: numpy array reconstruction. Builtin
+containers (dict, list, str, bytes, int) need no global."""
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and builtin containers and nothing else: a crafted
+    file that names any other callable (``os.system``, ``builtins.eval``, ...) is refused before it
+    runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+
 def _read_pickle(path: Path) -> dict:
+    """Read one CIFAR-10 python pickle with :class:`_ArraysOnlyUnpickler` (UserError otherwise)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        if "forbidden global" in str(exc):
+            raise UserError(
+                f"CIFAR-10 file {path} references {str(exc).split('global ', 1)[1]}, which a data file must not "
+                "(only numpy arrays are allowed); nothing from it was run: delete it and rerun with --download"
+            ) from None
+        raise UserError(
+            f"CIFAR-10 file {path} could not be unpickled (UnpicklingError); delete "
+            f"{path.parent} and rerun with --download"
+        ) from None
     except Exception as exc:
         raise UserError(
             f"CIFAR-10 file {path} could not be unpickled ({type(exc).__name__}); delete "

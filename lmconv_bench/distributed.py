@@ -24,9 +24,37 @@ import torch.distributed as dist
 from .errors import UserError
 
 
+INIT_TIMEOUT_S = float(os.environ.get("LMCONV_BENCH_DIST_TIMEOUT", 120))
+"""Seconds to wait for every rank at start-up (torch's default is 30 minutes of silence)."""
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not an integer; launch with torchrun, or unset it") from None
+
+
+def torchrun_env() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` when launched by torchrun, None when ``RANK`` is unset; UserError
+    for a partial or inconsistent environment (no ``WORLD_SIZE``, non-numbers, rank out of range)."""
+    r, w = _env_int("RANK"), _env_int("WORLD_SIZE")
+    if r is None:
+        return None
+    if w is None:
+        raise UserError(f"RANK={r} is set but WORLD_SIZE is not; launch with torchrun, or unset RANK")
+    if w < 1 or not 0 <= r < w:
+        raise UserError(f"RANK={r} and WORLD_SIZE={w} are inconsistent (need 0 <= RANK < WORLD_SIZE); launch with torchrun")
+    return r, w
+
+
 def launched_by_torchrun() -> bool:
-    """True when torchrun's environment variables are present (``RANK`` is set)."""
-    return int(os.environ.get("RANK", -1)) != -1
+    """True when torchrun's environment variables are present (``RANK`` is set); UserError when
+    they are present but inconsistent (see :func:`torchrun_env`)."""
+    return torchrun_env() is not None
 
 
 def is_initialized() -> bool:
@@ -104,7 +132,21 @@ def init(device: str = "auto") -> DistContext:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+        if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+            raise UserError("RANK is set but MASTER_ADDR/MASTER_PORT are not; launch with torchrun")
+        import datetime
+
+        try:
+            dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None,
+                                    timeout=datetime.timedelta(seconds=INIT_TIMEOUT_S))
+            dist.barrier()  # every rank present, within the timeout
+        except (RuntimeError, dist.DistError) as e:  # DistStoreError, timeouts
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"could not start the {world_size() if is_initialized() else os.environ.get('WORLD_SIZE')}-process group "
+                f"within {INIT_TIMEOUT_S:.0f} s ({first}); start every rank with torchrun, or raise "
+                "LMCONV_BENCH_DIST_TIMEOUT"
+            ) from None
         created = True
     return DistContext(rank(), world_size(), dev, created)
 
@@ -193,3 +235,18 @@ def shard_indices(n: int, rank_: int | None = None, world: int | None = None) ->
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     return range(r, n, w)
+
+
+def on_main(fn, *args):
+    """Run ``fn(*args)`` on rank 0 only and return its result on every rank; a UserError it raises
+    is raised on every rank (so no rank waits forever at the next collective)."""
+    result, err = None, None
+    if is_main():
+        try:
+            result = fn(*args)
+        except UserError as e:
+            err = str(e)
+    err = broadcast_object(err)
+    if err is not None:
+        raise UserError(err)
+    return broadcast_object(result)

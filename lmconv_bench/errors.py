@@ -28,3 +28,22 @@ def unknown(kind: str, value: str, choices: Iterable[str], where: str = "") -> U
     return UserError(
         f"unknown {kind} {value!r}{loc}{did_you_mean(value, choices)}; allowed: {', '.join(choices)}"
     )
+
+
+SAFE_NAME = r"[A-Za-z0-9_.-]+"
+"""What task and checkpoint names may hold: they become file and folder names under the output
+folders, so no path separators, no NUL, and (checked separately) no leading dot."""
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` as a str if it is a safe file name (:data:`SAFE_NAME`, no leading dot), else a
+    one-line UserError saying what is allowed."""
+    import re
+
+    text = str(name)
+    if not re.fullmatch(SAFE_NAME, text) or text.startswith("."):
+        shown = text.encode("unicode_escape").decode("ascii")[:60]
+        raise UserError(
+            f"{what} {shown!r} is not a safe name: use letters, digits, '_', '.' and '-' only, not starting with '.'"
+        )
+    return text

@@ -43,6 +43,9 @@ from .seeding import stable_seed
 
 LN2 = math.log(2.0)
 SAMPLERS = ("cached", "naive")
+RESULTS_SCHEMA = 2
+"""Version of what a run directory's cells and records hold; part of the resume hash, so a run
+directory written by code with another schema is refused rather than mixed."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,17 @@ class RunConfig:
     device: str = field(default="auto", metadata={"result": False})
     progress: bool = field(default=True, metadata={"result": False})
 
-    def result_config(self, checkpoint_hashes: dict[str, str]) -> dict[str, Any]:
-        """The part of the config that determines results (hashed to recognise a resumable run)."""
+    def result_config(self, checkpoint_hashes: dict[str, str], task_hashes: dict[str, str] | None = None) -> dict[str, Any]:
+        """The part of the config that determines results (hashed to recognise a resumable run):
+        the options, the checkpoints' sha256, the tasks' content hashes, and the code (package
+        version and :data:`RESULTS_SCHEMA`)."""
+        from .checkpoints import package_version
+
         d = {k: v for k, v in asdict(self).items()
              if self.__dataclass_fields__[k].metadata.get("result", True)}
         d["checkpoints"] = sorted(checkpoint_hashes.values())
+        d["task_content"] = dict(sorted((task_hashes or {}).items()))
+        d["code"] = {"lmconv_bench": package_version(), "results_schema": RESULTS_SCHEMA}
         d["metrics"] = list(self.metrics) if self.metrics else None
         if self.image_ids is None:
             d.pop("image_ids")  # keeps the hashes of ordinary runs as they were
@@ -88,8 +97,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--samples must be >= 1, got {cfg.samples}")
     if cfg.batch_size <= 0:
         raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    if cfg.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {cfg.temperature}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature > 0):
+        raise UserError(f"--temperature must be a finite number > 0, got {cfg.temperature}")
     if cfg.profile not in ("quick", "full"):
         raise unknown("profile", cfg.profile, ("quick", "full"))
     if cfg.sampler not in SAMPLERS:
@@ -229,7 +238,15 @@ def _row(base: dict, metric: str, value: float, n: int, stderr=float("nan"), lo=
 def _summary_row(base, metric, per_image: np.ndarray, seed: int, **kw):
     from .metrics.stats import summarize
 
-    s = summarize(per_image, seed=seed)
+    values = np.asarray(per_image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        n_bad = int((~np.isfinite(values)).sum())
+        raise UserError(
+            f"{metric} of {base.get('model_label', base['model'])} {base['order']} on task {base['task']} is NaN or "
+            f"infinite for {n_bad} of {len(values)} images (a degenerate mask or a broken checkpoint); "
+            "check the task's mask parameters and the checkpoint"
+        )
+    s = summarize(values, seed=seed)
     return _row(base, metric, s["mean"], s["n"], s["stderr"], s["ci_low"], s["ci_high"], **kw)
 
 
@@ -253,7 +270,7 @@ class Grid:
         self.metrics = {t.name: [m for m in (cfg.metrics or t.metrics)] for t in self.tasks}
         self.models = self._load_models()
         hashes = {e.path: e.sha256 for es in self.models.values() for e in es}
-        rc = cfg.result_config(hashes)
+        rc = cfg.result_config(hashes, {t.name: t.content_hash() for t in self.tasks})
         from .records import config_hash
 
         self.run_id = f"{self.tasks[0].name if len(self.tasks) == 1 else cfg.task}-{config_hash(rc)[:10]}"
@@ -327,8 +344,32 @@ class Grid:
         return m
 
     # -- main loop ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything that can fail on bad input, before anything is written: the orders of every
+        model, the images, and the masks' geometry (a conditional metric needs at least one
+        missing and one observed pixel per image)."""
+        self.prepared: dict[str, tuple[ImageSet, torch.Tensor]] = {}
+        for task in self.tasks:
+            info = get_dataset_info(task.dataset)
+            O.parse_spec(self.cfg.orders, info.height, info.width)  # a typo is an error even if no model uses it
+            data = self._images(task)
+            missing = make_masks(task.mask_family, task.mask_params, info.height, info.width, data.ids, self.cfg.seed)
+            conditional = {"cond_nll_bpd", "lpips", "fid", "kid"} & set(self.metrics[task.name])
+            n_miss = missing.flatten(1).sum(1)
+            bad = [i for i, m in zip(data.ids, n_miss.tolist()) if m == 0 or m == info.height * info.width]
+            if conditional and bad:
+                what = "no missing pixel" if n_miss[data.ids.index(bad[0])] == 0 else "no observed pixel"
+                raise UserError(
+                    f"task {task.name}: the mask of image {bad[0]} has {what} ({len(bad)} of {len(data.ids)} images), "
+                    f"so {', '.join(sorted(conditional))} cannot be measured; change the mask parameters in {task.source or task.name}"
+                )
+            self.prepared[task.name] = (data, missing)
+
     def run_all(self) -> RunDir:
+        """Every cell of the grid (after :meth:`prepare`, which it runs if not yet done)."""
         t0 = time.time()
+        if not hasattr(self, "prepared"):
+            self.prepare()
         self.run.open(self.manifest())
         image_ids: dict[str, list[str]] = {}
         for task in self.tasks:
@@ -350,8 +391,7 @@ class Grid:
     def run_task(self, task: TaskConfig) -> list[str]:
         info = get_dataset_info(task.dataset)
         h, w = info.height, info.width
-        data = self._images(task)
-        missing = make_masks(task.mask_family, task.mask_params, h, w, data.ids, self.cfg.seed)
+        data, missing = self.prepared[task.name]
         shard = list(dist.shard_indices(len(data.ids), self.ctx.rank, self.ctx.world_size))
         metrics = self.metrics[task.name]
         for entry in self.models[task.dataset]:
@@ -405,7 +445,7 @@ class Grid:
         return Effective(f"observed_first({name})", perms, trained, cov)
 
     def _likelihood_cell(self, task, entry, name, data, missing, shard) -> dict[str, np.ndarray]:
-        key = cell_key(task.name, entry.sha256[:12], name, "likelihood")
+        key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], name, "likelihood")
         metrics = self.metrics[task.name]
         if self._cell_done(key):
             if not self.ctx.is_main:
@@ -483,7 +523,7 @@ class Grid:
         from .metrics.stats import logmeanexp
 
         label = f"ensemble({self.cfg.orders})"
-        key = cell_key(task.name, entry.sha256[:12], label, "likelihood")
+        key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], label, "likelihood")
         if self.run.has_cell(key):
             return
         info = get_dataset_info(task.dataset)
@@ -504,7 +544,7 @@ class Grid:
         self.run.save_cell(key, rows, per_image)
 
     def _completion_cell(self, task, entry, name, data, missing, shard) -> None:
-        key = cell_key(task.name, entry.sha256[:12], name, "completion", self.cfg.samples)
+        key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], name, "completion", self.cfg.samples)
         if self._cell_done(key):
             return
         metrics = self.metrics[task.name]
@@ -587,9 +627,16 @@ def run(cfg: RunConfig, argv: list[str] | None = None, summary: bool = True) -> 
 
     ``summary``: print the table of results at the end (when ``cfg.progress`` too).
     """
+    import contextlib
+
+    from .io_utils import writer_lock
+
     with dist.distributed(cfg.device) as ctx:
         grid = Grid(cfg, ctx, argv)
-        rundir = grid.run_all()
+        grid.prepare()  # every input checked before anything is created
+        with contextlib.ExitStack() as lock:
+            dist.on_main(lock.enter_context, writer_lock(grid.run.path, "run directory"))
+            rundir = grid.run_all()
         if ctx.is_main and cfg.progress and summary:
             print_summary(rundir.path)
     return rundir.path

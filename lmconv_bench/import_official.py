@@ -96,7 +96,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import file_sha256, save_checkpoint, state_mismatch
+from .checkpoints import file_sha256, non_finite_tensor, save_checkpoint, state_mismatch
 from .errors import UserError, unknown
 from .models.base import ModelConfig
 from .models.likelihood import n_params as head_n_params
@@ -549,6 +549,9 @@ def import_official(
         raise UserError(f"destination {dst} must be a .safetensors file (e.g. {dst.with_suffix('.safetensors').name})")
     if dst.exists():
         raise UserError(f"destination {dst} already exists; choose another DST or delete it first (nothing was overwritten)")
+    from .io_utils import check_creatable
+
+    check_creatable(dst)
     obj = load_official(src, trust_pickle=trust_pickle)
     state, args, weights, extra = split_official(obj, src, ema=ema)
     notes: list[str] = []
@@ -621,6 +624,10 @@ def import_official(
         )
     if not all(v.is_floating_point() for v in state.values()):
         raise UserError(f"official checkpoint {src} has non-float weights; the file is damaged: re-download it")
+    bad = non_finite_tensor(state)
+    if bad is not None:
+        raise UserError(f"official checkpoint {src} holds NaN or inf (tensor {bad}); it cannot give finite results: "
+                        "re-download it, or pick another epoch's file")
     model.load_state_dict({k: v.detach().to(torch.float32) for k, v in state.items()}, strict=True)
     model.eval()
 

@@ -7,10 +7,12 @@ wrappers): data land in a temporary file in the same directory, are flushed and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,20 @@ def check_writable(path: str | Path, is_dir: bool = False) -> Path:
     return path
 
 
+def check_creatable(path: str | Path) -> Path:
+    """UserError unless the file ``path`` could be created later: its nearest existing ancestor is
+    a writable directory. Creates nothing (for checks made before any work)."""
+    path = Path(path)
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"cannot create {path}: {anc} is a file, not a directory; choose another path")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {path}: directory {anc} is not writable; choose another path")
+    return path
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (streamed in 1 MiB chunks)."""
     h = hashlib.sha256()
@@ -74,3 +90,41 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def writer_lock(directory: str | Path, what: str = "directory") -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``directory/.lock`` for the block: one writer per
+    directory. A second writer gets a one-line :class:`UserError` naming the holder's pid, at once
+    (no waiting). The lock file holds the holder's pid; the lock dies with its process. Creates
+    ``directory`` (only) if missing. No-op where ``fcntl`` is unavailable.
+    """
+    directory = Path(directory)
+    check_writable(directory, is_dir=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    path = directory / LOCK_NAME
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserError(
+                f"another lmconv-bench process (pid {holder}) is writing to the {what} {directory}; "
+                "wait for it to finish, or choose another output"
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

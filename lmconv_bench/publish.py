@@ -19,13 +19,14 @@ import math
 import os
 import platform
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, check_name
 
 LICENCES = {
     "mnist": "MNIST (LeCun, Cortes & Burges), CC BY-SA 3.0.",
@@ -72,10 +73,21 @@ def hardware() -> str:
 
 
 def _read_log(src: Path) -> list[dict[str, Any]]:
+    """The evaluations of ``train_log.jsonl``; a torn last line (a killed write) is dropped, any
+    other unreadable line is a UserError naming it."""
     p = src / "train_log.jsonl"
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise UserError(f"{p} line {i + 1} is not JSON; repair or delete that line, then publish again") from None
+    return out
 
 
 @torch.no_grad()
@@ -104,35 +116,42 @@ def test_bpd(model, dataset: str, order: str, n_images: int | None, data_root=No
 def publish(src_dir: str | Path, name: str, eval_images: int | None = None, data_root=None,
             hardware_note: str | None = None, note: str | None = None, force: bool = False) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.md`` into the reference folder; returns the card path."""
-    from .checkpoints import has_train_state, load_checkpoint, load_train_state, read_meta, save_checkpoint
-    from .io_utils import atomic_write_text, file_sha256
+    from .checkpoints import (
+        has_train_state, load_checkpoint, load_train_state, read_meta, save_checkpoint, sidecar_path,
+    )
+    from .io_utils import atomic_write_text, file_sha256, writer_lock
     from .reference import reference_dir
 
     src = Path(src_dir)
     last = src / "last.safetensors"
     if not last.is_file():
         raise UserError(f"{last} does not exist; pass the --out folder of a finished `lmconv-bench train`")
-    if not name or "/" in name or name.startswith("."):
-        raise UserError(f"--name {name!r} must be a plain file name such as lmconv-mnist-small")
+    check_name(name, "--name")
     dest = reference_dir()
     ckpt, card = dest / f"{name}.safetensors", dest / f"{name}.md"
-    for p in (ckpt, card):
-        if p.exists() and not force:
-            raise UserError(f"{p} exists; pass --force to replace it, or choose another --name")
-    meta = read_meta(last)
-    state = load_train_state(last) if has_train_state(last) else {}
-    model, _ = load_checkpoint(last)
-    cfg = model.config
-    order = model.fixed_order or cfg.trained_orders[0]
-    tb = test_bpd(model, cfg.dataset, order, eval_images, data_root)
-    keep = {k: meta[k] for k in ("step", "epoch", "train_config", "world_size", "git_commit", "torch_version", "created") if k in meta}
-    keep.update({"kind": "reference", "metrics": {"test_bpd": tb["mean"], "test_bpd_stderr": tb["stderr"]},
-                 "eval": {"images": tb["images"], "split": "test", "order": order, "weights": "ema"},
-                 "wall_time_s": state.get("elapsed_s")})
-    save_checkpoint(ckpt, model, keep)
-    sha = file_sha256(ckpt)
-    log = _read_log(src)
-    atomic_write_text(card, render_card(name, model, meta, state, tb, log, sha, hardware_note or hardware(), note))
+    with writer_lock(dest, "reference folder"):
+        for p in (ckpt, card):
+            if p.exists() and not force:
+                raise UserError(f"{p} exists; pass --force to replace it, or choose another --name")
+        # everything that can fail comes first; the checkpoint is moved into place last, so `run`
+        # never meets a published checkpoint without its card
+        meta = read_meta(last)
+        state = load_train_state(last) if has_train_state(last) else {}
+        log = _read_log(src)
+        model, _ = load_checkpoint(last)
+        cfg = model.config
+        order = model.fixed_order or cfg.trained_orders[0]
+        tb = test_bpd(model, cfg.dataset, order, eval_images, data_root)
+        keep = {k: meta[k] for k in ("step", "epoch", "train_config", "world_size", "git_commit", "torch_version", "created") if k in meta}
+        keep.update({"kind": "reference", "metrics": {"test_bpd": tb["mean"], "test_bpd_stderr": tb["stderr"]},
+                     "eval": {"images": tb["images"], "split": "test", "order": order, "weights": "ema"},
+                     "wall_time_s": state.get("elapsed_s"), "n_params": sum(p.numel() for p in model.parameters())})
+        with tempfile.TemporaryDirectory(prefix=".publish-", dir=dest) as tmp:
+            staged = save_checkpoint(Path(tmp) / ckpt.name, model, keep)
+            sha = file_sha256(staged)
+            atomic_write_text(card, render_card(name, model, meta, state, tb, log, sha, hardware_note or hardware(), note))
+            os.replace(sidecar_path(staged), sidecar_path(ckpt))
+            os.replace(staged, ckpt)
     return card
 
 

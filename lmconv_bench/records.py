@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text, check_writable
+from .io_utils import LOCK_NAME, atomic_write_json, atomic_write_text, check_writable
 
 RECORD_COLUMNS = (
     "run_id", "task", "task_version", "dataset", "split", "profile", "model", "preset", "model_label", "n_params",
@@ -48,6 +48,19 @@ METRIC_UNITS = {"test_bpd": "bits/dim", "cond_nll_bpd": "bits/dim", "context_gai
 def config_hash(config: dict[str, Any]) -> str:
     """sha256 of a JSON-serialisable configuration (sorted keys)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_WHAT = {"task_content": "task content (a task file changed)", "code": "code version (lmconv-bench or results schema)",
+         "checkpoints": "checkpoints"}
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"different task content (a task file changed), option samples"``: what differs between
+    two result configurations, for the refusal of a run directory."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not keys:
+        return "different configuration hash"
+    return "different " + ", ".join(_WHAT.get(k, f"option {k}") for k in keys)
 
 
 def cell_key(*parts: object) -> str:
@@ -84,11 +97,10 @@ class RunDir:
                 raise UserError(f"{mpath} is unreadable; choose another --out") from None
             if old.get("config_hash") != self.hash:
                 raise UserError(
-                    f"{self.path} holds a run with a different configuration (config hash "
-                    f"{str(old.get('config_hash'))[:12]} != {self.hash[:12]}); choose another --out, "
-                    "or rerun with the original arguments to resume"
+                    f"{self.path} holds a run with a different configuration ({describe_difference(old.get('config') or {}, self.config)}); "
+                    "its results are not reused: choose a new --out, or rerun with the original arguments to resume"
                 )
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             raise UserError(f"{self.path} exists and is not a lmconv-bench run directory; choose another --out")
         if self.write:
             check_writable(self.path, is_dir=True)
@@ -108,7 +120,18 @@ class RunDir:
 
     # -- cells ------------------------------------------------------------------------------
     def has_cell(self, key: str) -> bool:
-        return (self.cells / f"{key}.json").exists()
+        """Whether cell ``key`` is stored and readable. Cells are written atomically, so an
+        unreadable one was damaged from outside: it is deleted (when writing) and computed again."""
+        p = self.cells / f"{key}.json"
+        if not p.exists():
+            return False
+        try:
+            json.loads(p.read_text())
+            return True
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            if self.write:
+                p.unlink(missing_ok=True)
+            return False
 
     def load_cell(self, key: str) -> dict[str, Any]:
         return json.loads((self.cells / f"{key}.json").read_text())
@@ -125,7 +148,14 @@ class RunDir:
         self.rebuild()
 
     def all_cells(self) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.cells.glob("*.json"))]
+        """Every readable cell, in key order (damaged ones are skipped; see :meth:`has_cell`)."""
+        out = []
+        for p in sorted(self.cells.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+        return out
 
     def rebuild(self, comparisons: list[dict[str, Any]] | None = None) -> None:
         """Rewrite records.csv and per_image.csv (and comparisons.csv if given) from the cells."""
@@ -145,4 +175,11 @@ def read_records(run_dir: str | Path) -> pd.DataFrame:
     p = Path(run_dir) / "records.csv"
     if not p.exists():
         raise UserError(f"{run_dir} has no records.csv; is it a finished `lmconv-bench run` directory?")
-    return pd.read_csv(p)
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        raise UserError(f"{p} is empty or not a CSV table; rerun the `lmconv-bench run` command that made it") from None
+    lacking = [c for c in ("task", "model", "order", "metric", "value") if c not in df.columns]
+    if lacking:
+        raise UserError(f"{p} is not a lmconv-bench records file (no column {lacking[0]!r}); pass a directory written by `lmconv-bench run`")
+    return df

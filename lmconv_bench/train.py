@@ -46,6 +46,7 @@ longer exact (the global batch changes); a warning says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -64,6 +65,7 @@ from torch import Tensor
 
 from . import distributed as D
 from .checkpoints import (
+    clean_stray_temps,
     load_state_strict,
     load_train_state,
     load_weights,
@@ -73,6 +75,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .errors import UserError
+from .io_utils import writer_lock
 from .models.base import AutoregressiveImageModel, ModelConfig, build_model, get_model_class, make_config
 from .masks import parse_task_masks, training_masks
 from .orders import DEFAULT_SPEC, get_order, observed_first, parse_spec
@@ -367,20 +370,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             return _train(cfg, ctx, progress)
 
 
-def _broadcast_error(fn, *args):
-    """Run ``fn`` on rank 0 only; re-raise its UserError on every rank (no rank hangs)."""
-    result, err = None, None
-    if D.is_main():
-        try:
-            result = fn(*args)
-        except UserError as e:
-            err = str(e)
-    err = D.broadcast_object(err)
-    if err is not None:
-        raise UserError(err)
-    return D.broadcast_object(result)
-
-
 _TRAJECTORY_FIELDS = ("task_mask_prob", "batch_size", "seed", "train_limit", "lr", "lr_decay", "ema", "grad_clip")
 """Options that change the sequence of updates; changing them on resume gives a warning.
 (``max_steps``/``epochs``, evaluation and checkpoint intervals, paths and device may change freely.)"""
@@ -403,7 +392,18 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, progress: bool) -> Path:
     mcfg = dataclasses.replace(
         make_config(cfg.model, cfg.preset, cfg.dataset, trained_orders=names), trained_task_masks=families
     )
-    out = _broadcast_error(check_out_dir, cfg, mcfg)
+    out = D.on_main(check_out_dir, cfg, mcfg)  # refuse bad options before creating anything
+    lock = contextlib.ExitStack()
+    D.on_main(lock.enter_context, writer_lock(out, "training directory"))  # one writer per directory
+    with lock:
+        return _train_locked(cfg, ctx, progress, info, names, mcfg)
+
+
+def _train_locked(cfg: TrainConfig, ctx: D.DistContext, progress: bool, info, names: list[str], mcfg: ModelConfig) -> Path:
+    from .data import load_split
+
+    out = D.on_main(check_out_dir, cfg, mcfg)  # again, under the lock
+    families = mcfg.trained_task_masks
     last_path, best_path, log_path = out / LAST, out / BEST, out / LOG
     dev, rank, world = ctx.device, ctx.rank, ctx.world_size
 
@@ -435,6 +435,9 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, progress: bool) -> Path:
     last_test = None
     if cfg.resume:
         ts = load_train_state(last_path)
+        if ctx.is_main:  # under the writer lock, after the checkpoint was verified
+            for p in (last_path, best_path):
+                clean_stray_temps(p)
         load_state_strict(last_path, model, ts["raw_weights"], "raw training weights")
         load_state_strict(last_path, ema_model, load_weights(last_path, verify=False), "weights")
         if ts.get("optimizer") is not None:

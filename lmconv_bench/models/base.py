@@ -153,6 +153,21 @@ class AutoregressiveImageModel(nn.Module):
         return naive_complete(self, x, missing, orders, seeds, temperature, progress)
 
 
+def check_arch(model: str, arch: dict[str, Any], positive: tuple[str, ...]) -> None:
+    """UserError unless every key of ``positive`` present in ``arch`` is a positive integer and
+    ``dropout_prob`` (if present) lies in [0, 1); checked before any layer is built."""
+    for key in positive:
+        if key in arch:
+            v = arch[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise UserError(f"{model} arch field {key}={v!r} must be a positive integer; the config is damaged or edited")
+    if "kernel_size" in arch and arch["kernel_size"] % 2 != 1:
+        raise UserError(f"{model} arch field kernel_size={arch['kernel_size']!r} must be odd")
+    p = arch.get("dropout_prob", 0.0)
+    if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+        raise UserError(f"{model} arch field dropout_prob={p!r} must lie in [0, 1)")
+
+
 def pixel_generators(seeds: Tensor, positions: Tensor) -> list[torch.Generator]:
     """One generator per image i, seeded by ``(seeds[i], positions[i])`` (flat pixel index)."""
     return [generator("pixel", int(s), int(p)) for s, p in zip(seeds.tolist(), positions.tolist())]

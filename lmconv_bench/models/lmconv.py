@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError, unknown
-from .base import AutoregressiveImageModel, ModelConfig, Orders, register_model
+from .base import AutoregressiveImageModel, ModelConfig, Orders, check_arch, register_model
 from .layers import CONV_IMPLS, ConvMask, LocallyMaskedConv2d, conv_mask, gated_resnet, nin, pono
 from .likelihood import make_head
 
@@ -136,6 +136,7 @@ class LMConv(AutoregressiveImageModel):
         missing = [k for k in ("nr_resnet", "nr_filters", "nr_logistic_mix") if k not in arch]
         if missing:
             raise UserError(f"lmconv arch is missing {missing}; start from a preset ({', '.join(PRESETS)})")
+        check_arch("lmconv", arch, ("nr_resnet", "nr_filters", "nr_logistic_mix", "kernel_size", "max_dilation"))
         nr_resnet, nr_filters = int(arch["nr_resnet"]), int(arch["nr_filters"])
         k = int(arch.get("kernel_size", 3))
         self.kernel_size, self.max_dilation = k, int(arch.get("max_dilation", 2))
