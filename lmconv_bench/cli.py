@@ -277,17 +277,38 @@ def run_cmd(
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     data_root: DataRoot = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars and the summary table.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: evaluate only images range(I, n, N) of every cell, as an independent process (no torchrun), into the same --out; after all N shards, `lmconv-bench merge OUT` writes the records.")] = None,
 ) -> None:
     """Run the benchmark grid (tasks x models x orders x metrics) and write tidy records."""
     from .evaluate import RunConfig, run
+    from .shards import parse_shard
 
     cfg = RunConfig(
         task=task, dataset=dataset, orders=orders, checkpoints=tuple(checkpoint or ()), profile=profile,
         limit=limit, metrics=tuple(m.strip() for m in metrics.split(",")) if metrics else None,
         samples=samples, sampler=sampler, temperature=temperature, seed=seed, data_root=data_root, out=out,
-        batch_size=batch_size, device=device, progress=not no_progress,
+        batch_size=batch_size, device=device, progress=not no_progress, shard=parse_shard(shard),
     )
     path = run(cfg, argv=sys.argv)
+    if cfg.shard is not None:
+        typer.echo(f"shard {shard} done: {path}; after every shard, run `lmconv-bench merge {path}`")
+    else:
+        typer.echo(f"records: {path / 'records.csv'}")
+
+
+@app.command("merge")
+def merge_cmd(
+    run_dir: Annotated[str, typer.Argument(help="The --out of the `run ... --shard I/N` processes.")],
+    data_root: DataRoot = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N (for FID/KID features).")] = "auto",
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars and the summary table.")] = False,
+) -> None:
+    """Assemble the records of a sharded run: checks that every image of every cell was computed
+    by exactly one shard (a missing shard is named), then writes records.csv, per_image.csv,
+    comparisons.csv and the manifest exactly as an unsharded run would (FID/KID over the union)."""
+    from .evaluate import merge
+
+    path = merge(run_dir, progress=not no_progress, data_root=data_root, device=device)
     typer.echo(f"records: {path / 'records.csv'}")
 
 
@@ -438,6 +459,7 @@ class Interrupted(BaseException):
 
 RESUME_HINTS = {
     "run": "finished cells are kept: rerun the same command to resume",
+    "merge": "nothing was lost: rerun the same command",
     "check": "nothing was changed: rerun the same command",
     "train": "the last checkpoint is kept: rerun the same command with --resume to continue",
 }

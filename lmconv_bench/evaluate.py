@@ -69,6 +69,8 @@ class RunConfig:
     batch_size: int = field(default=32, metadata={"result": False})
     device: str = field(default="auto", metadata={"result": False})
     progress: bool = field(default=True, metadata={"result": False})
+    shard: tuple[int, int] | None = field(default=None, metadata={"result": False})  # (I, N): see shards.py
+    merge: bool = field(default=False, metadata={"result": False})  # assemble the shards' parts
 
     def result_config(self, checkpoint_hashes: dict[str, str], task_hashes: dict[str, str] | None = None) -> dict[str, Any]:
         """The part of the config that determines results (hashed to recognise a resumable run):
@@ -106,6 +108,10 @@ def validate(cfg: RunConfig) -> None:
     for m in cfg.metrics or ():
         if m not in METRICS:
             raise unknown("metric", m, METRICS)
+    if cfg.shard is not None and cfg.merge:
+        raise UserError("--shard runs one shard; merging is `lmconv-bench merge RUN_DIR`: use one or the other")
+    if cfg.shard is not None and not 0 <= cfg.shard[0] < cfg.shard[1]:
+        raise UserError(f"--shard must be I/N with 0 <= I < N, got {cfg.shard[0]}/{cfg.shard[1]}")
 
 
 # ------------------------------------------------------------------------------ per-image work
@@ -278,6 +284,9 @@ class Grid:
         self.run = RunDir(out, rc, write=ctx.is_main)
         self.argv = argv or sys.argv
         self.show = ctx.is_main and cfg.progress
+        self.mode = "merge" if cfg.merge else "shard" if cfg.shard is not None else "collective"
+        if self.mode != "collective" and ctx.distributed:
+            raise UserError("--shard and merge run as single processes; drop torchrun (or drop --shard and let torchrun split the images)")
 
     # -- setup ------------------------------------------------------------------------------
     def _load_models(self) -> dict[str, list[ModelEntry]]:
@@ -331,6 +340,7 @@ class Grid:
             "sampler": self.cfg.sampler,
             "samples_per_image": self.cfg.samples,
             "wall_time_s": wall,
+            "run_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("shard", "merge", "progress", "out")},
             **provenance(),
         }
         if any("lpips" in ms for ms in self.metrics.values()):
@@ -370,10 +380,12 @@ class Grid:
         t0 = time.time()
         if not hasattr(self, "prepared"):
             self.prepare()
-        self.run.open(self.manifest())
+        self.run.open(self.manifest(), clean=self.mode == "collective")
         image_ids: dict[str, list[str]] = {}
         for task in self.tasks:
             image_ids[task.name] = self.run_task(task)
+        if self.mode == "shard":  # records come from `merge`, once every shard is done
+            return self.run
         if self.ctx.is_main:
             from .report import comparisons_for_run
 
@@ -392,7 +404,10 @@ class Grid:
         info = get_dataset_info(task.dataset)
         h, w = info.height, info.width
         data, missing = self.prepared[task.name]
-        shard = list(dist.shard_indices(len(data.ids), self.ctx.rank, self.ctx.world_size))
+        if self.mode == "shard":
+            shard = list(range(self.cfg.shard[0], len(data.ids), self.cfg.shard[1]))
+        else:
+            shard = list(dist.shard_indices(len(data.ids), self.ctx.rank, self.ctx.world_size))
         metrics = self.metrics[task.name]
         for entry in self.models[task.dataset]:
             if entry.model.fixed_order:
@@ -407,7 +422,7 @@ class Grid:
                     nats[name] = self._likelihood_cell(task, entry, name, data, missing, shard)
                 if {"lpips", "fid", "kid"} & set(metrics):
                     self._completion_cell(task, entry, name, data, missing, shard)
-            if len(names) > 1 and {"test_bpd", "cond_nll_bpd"} & set(metrics):
+            if len(names) > 1 and {"test_bpd", "cond_nll_bpd"} & set(metrics) and self.mode != "shard":
                 self._ensemble_cell(task, entry, names, data, nats)
         return data.ids
 
@@ -448,18 +463,22 @@ class Grid:
         key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], name, "likelihood")
         metrics = self.metrics[task.name]
         if self._cell_done(key):
-            if not self.ctx.is_main:
+            if not self.ctx.is_main or self.mode == "shard":  # a shard's part holds no records
                 return {}
             return _nats_arrays(self.run.load_cell(key)["nats"])
         h, w = missing.shape[1:]
         plain, eff = self._plain(entry, name, len(missing), h, w), self._effective(task, entry, name, missing)
         idx = torch.tensor(shard, dtype=torch.long)
-        with progress_bar(1, f"{task.name} {entry.name} {name}: likelihood", self.show) as adv:
-            got = likelihoods(entry.model, data.images[idx], missing[idx], plain.perms[0], eff.perms[idx],
-                              self.cfg.batch_size, self.ctx.device)
-            adv(1)
-        parts = dist.all_gather_object((shard, *[g.tolist() for g in got]))
-        if not self.ctx.is_main:
+
+        def compute():
+            with progress_bar(1, f"{task.name} {entry.name} {name}: likelihood", self.show) as adv:
+                got = likelihoods(entry.model, data.images[idx], missing[idx], plain.perms[0], eff.perms[idx],
+                                  self.cfg.batch_size, self.ctx.device)
+                adv(1)
+            return (shard, *[g.tolist() for g in got])
+
+        parts = self._collect(key, f"{task.name} {entry.name} {name} likelihood", len(data.ids), compute)
+        if parts is None:
             return {}
         full = np.zeros((3, len(data.ids)))
         for sh, *vals in parts:
@@ -502,8 +521,29 @@ class Grid:
                 add("context_gain_bpd", prec_bpd - cond_bpd, eff, nats["context"])
         return rows, per_image
 
+    def _collect(self, key: str, what: str, n_images: int, compute) -> list[tuple] | None:
+        """The per-image parts of a cell, ``[(indices, *values), ...]``, on the process that writes
+        the records (None elsewhere): all-gathered from the torchrun ranks; or, for ``--shard``,
+        this shard's part saved to disk (None: the records come at merge); or, for ``merge``, read
+        from every shard (``compute`` is not called)."""
+        from . import shards
+
+        if self.mode == "merge":
+            return shards.load_parts(self.run.path, key, n_images, what)
+        payload = compute()
+        if self.mode == "shard":
+            shards.save_part(self.run.path, key, self.cfg.shard, payload)
+            return None
+        parts = dist.all_gather_object(payload)
+        return parts if self.ctx.is_main else None
+
     def _cell_done(self, key: str) -> bool:
-        """Whether a cell is already stored; rank 0 decides and tells the other ranks."""
+        """Whether a cell is already stored (for a shard: its part); rank 0 decides and tells the
+        other ranks."""
+        if self.mode == "shard":
+            from .shards import has_part
+
+            return has_part(self.run.path, key, self.cfg.shard)
         done = self.run.has_cell(key) if self.ctx.is_main else None
         if self.ctx.distributed:
             done = dist.broadcast_object(done)
@@ -554,18 +594,24 @@ class Grid:
         seeds = torch.tensor([[stable_seed(self.cfg.seed, i, name, s) for s in range(k)] for i in data.ids],
                              dtype=torch.long)
         idx = torch.tensor(shard, dtype=torch.long)
-        with progress_bar(len(shard) * k, f"{task.name} {entry.name} {name}: completing", self.show) as adv:
-            comp = completions(entry.model, data.images[idx], missing[idx], cond_perms[idx], seeds[idx],
-                               self.cfg, self.ctx.device, adv)
-        lp = None
-        if "lpips" in metrics:
-            from .metrics.perceptual import lpips_distance
 
-            truth = data.images[idx].unsqueeze(1).expand_as(comp)
-            lp = lpips_distance(comp.flatten(0, 1), truth.flatten(0, 1), n_bits=get_dataset_info(task.dataset).n_bits)
-            lp = lp.reshape(len(shard), k).tolist()
-        parts = dist.all_gather_object((shard, comp, lp))
-        if not self.ctx.is_main:
+        def compute():
+            with progress_bar(len(shard) * k, f"{task.name} {entry.name} {name}: completing", self.show) as adv:
+                comp = completions(entry.model, data.images[idx], missing[idx], cond_perms[idx], seeds[idx],
+                                   self.cfg, self.ctx.device, adv)
+            lp = None
+            if "lpips" in metrics:
+                from .metrics.perceptual import lpips_distance
+
+                # one call per image (its K samples): the values do not depend on which images
+                # share a shard, a rank or a batch
+                n_bits = get_dataset_info(task.dataset).n_bits
+                lp = [lpips_distance(comp[j], data.images[i].unsqueeze(0).expand_as(comp[j]), n_bits=n_bits).tolist()
+                      for j, i in enumerate(shard)]
+            return (shard, comp, lp)
+
+        parts = self._collect(key, f"{task.name} {entry.name} {name} completion", len(data.ids), compute)
+        if parts is None:
             return
         n = len(data.ids)
         comp_all = torch.zeros(n, k, *data.images.shape[1:], dtype=torch.uint8)
@@ -635,11 +681,34 @@ def run(cfg: RunConfig, argv: list[str] | None = None, summary: bool = True) -> 
         grid = Grid(cfg, ctx, argv)
         grid.prepare()  # every input checked before anything is created
         with contextlib.ExitStack() as lock:
-            dist.on_main(lock.enter_context, writer_lock(grid.run.path, "run directory"))
+            name = f".lock-shard-{cfg.shard[0]}-of-{cfg.shard[1]}" if cfg.shard is not None else ".lock"
+            what = f"shard {cfg.shard[0]}/{cfg.shard[1]} of the run directory" if cfg.shard is not None else "run directory"
+            dist.on_main(lock.enter_context, writer_lock(grid.run.path, what, name))
             rundir = grid.run_all()
         if ctx.is_main and cfg.progress and summary:
             print_summary(rundir.path)
     return rundir.path
+
+
+def merge(run_dir: str | Path, progress: bool = True, data_root: str | None = None, device: str = "auto") -> Path:
+    """``lmconv-bench merge RUN_DIR``: records of a run whose cells were computed by ``--shard``
+    processes (see :mod:`lmconv_bench.shards`); the same records as an unsharded run."""
+    import json
+
+    run_dir = Path(run_dir)
+    mpath = run_dir / "manifest.json"
+    try:
+        rc = json.loads(mpath.read_text())["run_config"]
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} has no manifest.json; pass the --out of `lmconv-bench run ... --shard I/N`") from None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{mpath} is unreadable or was not written by a sharded run; rerun the shards into a new --out") from None
+    for key in ("checkpoints", "metrics", "image_ids"):
+        if rc.get(key) is not None:
+            rc[key] = tuple(rc[key])
+    cfg = RunConfig(**{**rc, "out": str(run_dir), "merge": True, "progress": progress,
+                       "data_root": data_root or rc.get("data_root"), "device": device})
+    return run(cfg, argv=["lmconv-bench", "merge", str(run_dir)], summary=progress)
 
 
 def print_summary(path: Path) -> None:

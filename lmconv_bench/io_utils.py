@@ -96,9 +96,9 @@ LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
-def writer_lock(directory: str | Path, what: str = "directory") -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``directory/.lock`` for the block: one writer per
-    directory. A second writer gets a one-line :class:`UserError` naming the holder's pid, at once
+def writer_lock(directory: str | Path, what: str = "directory", name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``directory/<name>`` (default ``.lock``) for the block:
+    one writer per directory (independent shards of one run each lock their own name). A second writer gets a one-line :class:`UserError` naming the holder's pid, at once
     (no waiting). The lock file holds the holder's pid; the lock dies with its process. Creates
     ``directory`` (only) if missing. No-op where ``fcntl`` is unavailable.
     """
@@ -109,7 +109,7 @@ def writer_lock(directory: str | Path, what: str = "directory") -> Iterator[None
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
-    path = directory / LOCK_NAME
+    path = directory / name
     with open(path, "a+") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -87,8 +87,11 @@ class RunDir:
         self.cells = self.path / "cells"
 
     # -- opening ----------------------------------------------------------------------------
-    def open(self, manifest: dict[str, Any]) -> "RunDir":
-        """Create the directory, or check that an existing one was made by the same config."""
+    def open(self, manifest: dict[str, Any], clean: bool = True) -> "RunDir":
+        """Create the directory, or check that an existing one was made by the same config.
+
+        ``clean``: delete stray temp files of a killed run (only for the directory's one writer;
+        a shard leaves other shards' in-flight files alone)."""
         mpath = self.path / "manifest.json"
         if mpath.exists():
             try:
@@ -100,13 +103,14 @@ class RunDir:
                     f"{self.path} holds a run with a different configuration ({describe_difference(old.get('config') or {}, self.config)}); "
                     "its results are not reused: choose a new --out, or rerun with the original arguments to resume"
                 )
-        elif self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
+        elif self.path.exists() and any(not p.name.startswith(LOCK_NAME) for p in self.path.iterdir()):
             raise UserError(f"{self.path} exists and is not a lmconv-bench run directory; choose another --out")
         if self.write:
             check_writable(self.path, is_dir=True)
             self.cells.mkdir(parents=True, exist_ok=True)
-            for stray in self.path.rglob(".*.tmp"):  # left by a killed run's atomic writes
-                stray.unlink(missing_ok=True)
+            if clean:
+                for stray in self.path.rglob(".*.tmp"):  # left by a killed run's atomic writes
+                    stray.unlink(missing_ok=True)
             if not mpath.exists():
                 self.write_manifest(manifest)
         return self

@@ -235,7 +235,7 @@ def build_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
     if len(bpd):
         disp, vals = pivot(bpd, "label", "dataset")
         disp.index.name, disp.columns.name = "model / order", "dataset"
-        tables.append({"name": "test_bpd", "caption": f"Test bits/dim per order and order ensemble{note}",
+        tables.append({"name": "test_bpd", "caption": f"Test bits/dim per order and order ensemble; ± is the standard error across images{note}",
                        "display": disp, "values": vals, "long": bpd})
     for task, g in task_columns(df).groupby("task", sort=True):
         disp, vals = pivot(g, "model_order", "column")
