@@ -389,12 +389,14 @@ def _complete_figures(
 ) -> dict[str, Any]:
     """Forward, cached and (extrapolated) naive completion times of one model at each batch size."""
     c, h, w = model.config.channels, model.config.height, model.config.width
+    dev = next(model.parameters()).device
+    perm, mask = perm.to(dev), mask.to(dev)
     n_steps = int(mask.sum())  # sampling steps: the mask is shared, so one pixel per step
     fe, sp, naive_fe = {}, {}, {}
     sec: dict[str, dict[str, float]] = {"forward": {}, "cached": {}, "naive_extrapolated": {}}
     for b in batches:
         g = torch.Generator().manual_seed(b)
-        x8 = torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
+        x8 = torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8).to(dev)
         xf = x8.float() / 127.5 - 1.0
         missing = mask.expand(b, h, w)
         seeds = torch.arange(b, dtype=torch.long)
@@ -426,6 +428,8 @@ def bench_complete(
     flip_checkpoints: list[str] | None = None,
     flip_images: int = 16,
     data_root: str | None = None,
+    device: str = "cpu",
+    shape: str = "mnist",
 ) -> dict[str, Any]:
     """Cost of exact cached completion, in full forward passes, and its speed-up over naive.
 
@@ -465,7 +469,7 @@ def bench_complete(
         torch.set_num_threads(int(threads))
     try:
         t_start = time.perf_counter()
-        config = _config(preset, "mnist")
+        config = _config(preset, shape)
         _, h, w = config.channels, config.height, config.width
         mask = make_mask("top_half", {}, h, w)
         perm = observed_first(get_order("s_curve/0", h, w), mask)
@@ -474,20 +478,21 @@ def bench_complete(
             f"lmconv preset {preset} (random weights), batches {list(batches)}, {torch.get_num_threads()} threads"
         )
         torch.manual_seed(0)
-        net = build_model(config).eval()
+        net = build_model(config).eval().to(device)
         result = _complete_figures(net, perm, mask, batches, naive_steps, forward_repeats, say, "lmconv")
         if pixelcnnpp and preset in presets("pixelcnnpp"):
             del net
             pconfig = dataclasses.replace(config, model="pixelcnnpp", arch=dict(presets("pixelcnnpp")[preset]))
             torch.manual_seed(0)
-            pnet = build_model(pconfig).eval()
+            pnet = build_model(pconfig).eval().to(device)
             raster = get_order("raster/0", h, w)
             result["pixelcnnpp"] = _complete_figures(
                 pnet, raster, mask, batches, naive_steps, forward_repeats, say, "pixelcnnpp"
             )
         result["config"] = {
             "preset": preset,
-            "task": "mnist top_half (random weights, random images)",
+            "device": str(device),
+            "task": f"{shape} top_half (random weights, random images)",
             "order": "observed_first(s_curve/0)",
             "missing_pixels": int(mask.sum()),
             "batches": list(batches),

@@ -419,6 +419,7 @@ def bench_conv_cmd(
     shape: Annotated[str, typer.Option("--shape", help="Image shape: mnist (28x28x1) or cifar10 (32x32x3).")] = "mnist",
     batch: Annotated[int, typer.Option("--batch", help="Images per step.", min=1)] = 16,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N].")] = "cpu",
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also measure peak memory (CPU only; three subprocesses).")] = True,
 ) -> None:
     """Train-step and forward time of the LMConv network against three comparators, each the same
     network with the same weights: plain 3x3 conv2d in NCHW, the same in channels_last, and an
@@ -428,7 +429,8 @@ def bench_conv_cmd(
     from .bench import bench_conv
     from .distributed import resolve_device
 
-    result = bench_conv(preset=preset, batch=batch, repeats=rounds, shape=shape, device=str(resolve_device(device)))
+    result = bench_conv(preset=preset, batch=batch, repeats=rounds, shape=shape, device=str(resolve_device(device)),
+                        memory=memory)
     if as_json:
         _print_json_last(result)
 
@@ -439,6 +441,10 @@ def bench_complete_cmd(
     flips: Annotated[bool, typer.Option("--flips/--no-flips", help="Also measure how often float32 cached completion differs from float32 naive completion on the MNIST reference checkpoints (the CI tasks; a few minutes).")] = True,
     flip_images: Annotated[int, typer.Option("--flip-images", help="Test images per task for the float32 flip measurement.", min=1)] = 16,
     data_root: DataRoot = None,
+    preset: Annotated[str, typer.Option("--preset", help="Preset timed (random weights): small (CPU) or paper (GPU).")] = "small",
+    shape: Annotated[str, typer.Option("--shape", help="Image shape: mnist (28x28x1) or cifar10 (32x32x3).")] = "mnist",
+    batches: Annotated[str, typer.Option("--batches", help="Comma-separated batch sizes.")] = "1,16,64",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N].")] = "cpu",
 ) -> None:
     """Cost of exact cached completion (MNIST top half, small preset) in full forward-pass
     equivalents, and its speed-up over naive completion, at batch sizes 1, 16 and 64; and the
@@ -447,7 +453,15 @@ def bench_complete_cmd(
     from .reference import reference_checkpoints
 
     ckpts = [str(p) for p in reference_checkpoints("mnist")] if flips else []
-    result = bench_complete(flip_checkpoints=ckpts, flip_images=flip_images, data_root=data_root)
+    from .distributed import resolve_device
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+        assert all(b > 0 for b in sizes)
+    except (ValueError, AssertionError):
+        raise UserError(f"--batches must be positive integers separated by commas, got {batches!r}") from None
+    result = bench_complete(preset=preset, batches=sizes, flip_checkpoints=ckpts, flip_images=flip_images,
+                            data_root=data_root, device=str(resolve_device(device)), shape=shape)
     if as_json:
         _print_json_last(result)
 

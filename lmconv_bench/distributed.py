@@ -154,6 +154,10 @@ def init(device: str = "auto") -> DistContext:
 def shutdown(ctx: DistContext) -> None:
     """Destroy the process group if :func:`init` created it."""
     if ctx.created_group and is_initialized():
+        try:
+            dist.barrier()  # no rank tears the group down while another still uses it
+        except RuntimeError:
+            pass  # a peer already failed; its error is the one to report
         dist.destroy_process_group()
 
 
