@@ -119,6 +119,32 @@ MAX_SIDE = 1024
 """Largest image side ``orders --size`` accepts (a 1024x1024 order takes about a second)."""
 
 
+@app.command("masks")
+def masks_cmd(
+    task: Annotated[str, typer.Option("--task", help="Task name, task YAML path, or a family with --dataset.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset for a family --task (default mnist).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Number of example masks (the first N test ids).", min=1, max=64)] = 8,
+    out: Annotated[str, typer.Option("--out", help="PNG file to write.")] = "masks.png",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the per-image random masks (as `run --seed`).")] = 0,
+    data_root: DataRoot = None,
+) -> None:
+    """Draw example masks of a task (the masks `run` uses for its first N test images)."""
+    from .config import resolve_tasks
+    from .figures import mask_examples
+    from .io_utils import check_writable
+
+    if not out.lower().endswith(".png") or Path(out).is_dir():
+        raise UserError(f"--out {out} must be a PNG file name ending in .png, e.g. masks.png")
+    tasks = resolve_tasks(task, dataset)
+    if len(tasks) != 1:
+        raise UserError(f"--task {task} names {len(tasks)} tasks; name one (e.g. {tasks[0].name})")
+    from .data import load_split
+
+    ids = load_split(tasks[0].dataset, tasks[0].split, data_root, limit=n).ids
+    check_writable(out)
+    typer.echo(f"wrote {mask_examples(tasks[0], list(ids), Path(out), seed)}")
+
+
 def _parse_size(size: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size.lower().split("x"))

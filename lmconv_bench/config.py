@@ -26,7 +26,9 @@ import yaml
 from .errors import UserError, check_name, did_you_mean, unknown
 from .masks import FAMILIES, check_params
 
-METRICS = ("test_bpd", "cond_nll_bpd", "lpips", "fid", "kid")
+METRICS = ("test_bpd", "cond_nll_bpd", "lpips", "fid", "kid", "psnr", "ssim", "l1_hole", "diversity")
+COMPLETION_METRICS = ("lpips", "fid", "kid", "psnr", "ssim", "l1_hole", "diversity")
+"""Metrics computed from completions (the others from likelihoods)."""
 PROFILES = ("quick", "full")
 SPLITS = ("train", "valid", "test")
 

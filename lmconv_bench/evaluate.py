@@ -32,7 +32,7 @@ import torch
 
 from . import distributed as dist
 from . import orders as O
-from .config import METRICS, TaskConfig, resolve_tasks
+from .config import COMPLETION_METRICS, METRICS, TaskConfig, resolve_tasks
 from .coverage import in_training_distribution, trained_coverage
 from .data import ImageSet, get_dataset_info, load_split
 from .errors import UserError, unknown
@@ -227,6 +227,15 @@ class Effective:
     coverage: float
 
 
+def diversity(samples: torch.Tensor, n_bits: int) -> float:
+    """Mean pairwise LPIPS between the K completions ``[K, C, H, W]`` of one image (K >= 2)."""
+    from .metrics.perceptual import lpips_distance
+
+    pairs = [(a, b) for a in range(len(samples)) for b in range(a + 1, len(samples))]
+    ia, ib = (torch.tensor(p) for p in zip(*pairs))
+    return float(lpips_distance(samples[ia], samples[ib], n_bits=n_bits).mean())
+
+
 def _nats_arrays(nats: dict[str, Any]) -> dict[str, Any]:
     """A likelihood cell's stored nats with its per-image lists as float arrays."""
     return {k: np.asarray(v) if k in ("joint", "cond", "preceding", "n_miss") else v for k, v in nats.items()}
@@ -364,7 +373,7 @@ class Grid:
             O.parse_spec(self.cfg.orders, info.height, info.width)  # a typo is an error even if no model uses it
             data = self._images(task)
             missing = make_masks(task.mask_family, task.mask_params, info.height, info.width, data.ids, self.cfg.seed)
-            conditional = {"cond_nll_bpd", "lpips", "fid", "kid"} & set(self.metrics[task.name])
+            conditional = {"cond_nll_bpd", *COMPLETION_METRICS} & set(self.metrics[task.name])
             n_miss = missing.flatten(1).sum(1)
             bad = [i for i, m in zip(data.ids, n_miss.tolist()) if m == 0 or m == info.height * info.width]
             if conditional and bad:
@@ -420,7 +429,7 @@ class Grid:
             for name in names:
                 if {"test_bpd", "cond_nll_bpd"} & set(metrics):
                     nats[name] = self._likelihood_cell(task, entry, name, data, missing, shard)
-                if {"lpips", "fid", "kid"} & set(metrics):
+                if set(COMPLETION_METRICS) & set(metrics):
                     self._completion_cell(task, entry, name, data, missing, shard)
             if len(names) > 1 and {"test_bpd", "cond_nll_bpd"} & set(metrics) and self.mode != "shard":
                 self._ensemble_cell(task, entry, names, data, nats)
@@ -599,27 +608,31 @@ class Grid:
             with progress_bar(len(shard) * k, f"{task.name} {entry.name} {name}: completing", self.show) as adv:
                 comp = completions(entry.model, data.images[idx], missing[idx], cond_perms[idx], seeds[idx],
                                    self.cfg, self.ctx.device, adv)
-            lp = None
+            lp = div = None
+            n_bits = get_dataset_info(task.dataset).n_bits
             if "lpips" in metrics:
                 from .metrics.perceptual import lpips_distance
 
                 # one call per image (its K samples): the values do not depend on which images
                 # share a shard, a rank or a batch
-                n_bits = get_dataset_info(task.dataset).n_bits
                 lp = [lpips_distance(comp[j], data.images[i].unsqueeze(0).expand_as(comp[j]), n_bits=n_bits).tolist()
                       for j, i in enumerate(shard)]
-            return (shard, comp, lp)
+            if "diversity" in metrics and k >= 2:
+                div = [diversity(comp[j], n_bits) for j in range(len(shard))]
+            return (shard, comp, lp, div)
 
         parts = self._collect(key, f"{task.name} {entry.name} {name} completion", len(data.ids), compute)
         if parts is None:
             return
         n = len(data.ids)
         comp_all = torch.zeros(n, k, *data.images.shape[1:], dtype=torch.uint8)
-        lp_all = np.zeros((n, k))
-        for sh, c, l in parts:
+        lp_all, div_all = np.zeros((n, k)), np.zeros(n)
+        for sh, c, l, dv in parts:
             comp_all[sh] = c
             if l is not None:
                 lp_all[sh] = l
+            if dv is not None:
+                div_all[sh] = dv
         base = self._base(task, entry, name, eff)
         ctx = _context(cond_perms, missing)
         rows, per_image = [], []
@@ -628,6 +641,15 @@ class Grid:
             ids = [i for i in data.ids for _ in range(k)]
             per_image += self._per_image(base, "lpips", ids, lp_all.flatten(), [s for _ in data.ids for s in range(k)],
                                          context=ctx)
+        rows_px, per_px = self._pixel_rows(task, base, data, missing, comp_all, ctx)
+        rows += rows_px
+        per_image += per_px
+        if "diversity" in metrics:
+            if k >= 2:
+                rows.append(_summary_row(base, "diversity", div_all, self.cfg.seed, context=ctx))
+                per_image += self._per_image(base, "diversity", data.ids, div_all, context=ctx)
+            elif self.show:
+                console().print(f"note: diversity needs --samples >= 2 (got {k}); not written for {task.name} {name}")
         if {"fid", "kid"} & set(metrics):
             from .metrics import fidelity
 
@@ -642,6 +664,30 @@ class Grid:
                 rows.append(_row(base, "kid", res["kid_mean"], n_gen, stderr=res["kid_stderr"], context=ctx))
         self._save_examples(key, data, missing, comp_all, task=task.name, label=f"{entry.label} {eff.name}")
         self.run.save_cell(key, rows, per_image)
+
+    def _pixel_rows(self, task, base, data, missing, comp_all, ctx) -> tuple[list, list]:
+        """psnr, ssim (whole image) and l1_hole (missing pixels) of every completion; the rows hold
+        per-image means over the K samples, per_image.csv every sample."""
+        from .metrics import pixelwise
+
+        metrics = self.metrics[task.name]
+        n, k = comp_all.shape[:2]
+        n_bits = get_dataset_info(task.dataset).n_bits
+        truth = data.images.unsqueeze(1).expand_as(comp_all).flatten(0, 1)
+        flat = comp_all.flatten(0, 1)
+        fns = {"psnr": lambda: pixelwise.psnr(flat, truth, n_bits),
+               "ssim": lambda: pixelwise.ssim(flat, truth, n_bits),
+               "l1_hole": lambda: pixelwise.l1_hole(flat, truth, missing.repeat_interleave(k, 0), n_bits)}
+        rows, per_image = [], []
+        ids = [i for i in data.ids for _ in range(k)]
+        samples = [s for _ in data.ids for s in range(k)]
+        for metric, fn in fns.items():
+            if metric not in metrics:
+                continue
+            v = fn().numpy().reshape(n, k)
+            rows.append(_summary_row(base, metric, v.mean(1), self.cfg.seed, context=ctx))
+            per_image += self._per_image(base, metric, ids, v.flatten(), samples, context=ctx)
+        return rows, per_image
 
     def _reference_features(self, task: TaskConfig):
         from .metrics import fidelity

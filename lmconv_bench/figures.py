@@ -91,3 +91,31 @@ def nll_per_order_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def mask_examples(task, ids: list[str], out_png: Path, seed: int = 0) -> Path:
+    """A row of ``task``'s masks for the given image ids (missing = dark red, observed = light grey),
+    each titled with its image id and occluded fraction. Writes ``out_png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data import get_dataset_info
+    from .masks import make_masks
+
+    info = get_dataset_info(task.dataset)
+    masks = make_masks(task.mask_family, task.mask_params, info.height, info.width, ids, seed).numpy()
+    fig, axes = plt.subplots(1, len(ids), figsize=(1.6 * len(ids), 2.0), squeeze=False)
+    for ax, m, i in zip(axes[0], masks, ids):
+        img = np.where(m[..., None], np.array([0.55, 0.1, 0.1]), np.array([0.9, 0.9, 0.9]))
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(f"{m.mean():.0%} missing", fontsize=7)
+        ax.set_xlabel(i if len(i) <= 14 else i[:13] + "…", fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{task.name}: masks (dark = missing)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -42,7 +42,8 @@ PER_IMAGE_COLUMNS = ("run_id", "task", "model", "model_label", "checkpoint_sha25
                      "context", "metric", "image_id", "sample", "value")
 COMPARISON_COLUMNS = ("task", "model_a", "order_a", "model_b", "order_b", "metric", "statistic", "p_value", "n")
 METRIC_UNITS = {"test_bpd": "bits/dim", "cond_nll_bpd": "bits/dim", "context_gain_bpd": "bits/dim",
-                "lpips": "lpips", "fid": "fid", "kid": "kid"}
+                "lpips": "lpips", "fid": "fid", "kid": "kid", "psnr": "dB", "ssim": "ssim",
+                "l1_hole": "fraction of max value", "diversity": "lpips"}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -30,12 +30,14 @@ from .io_utils import atomic_write_text, check_writable
 from .records import COMPARISON_COLUMNS, PER_IMAGE_COLUMNS, read_records
 
 FORMATS = ("latex", "markdown", "csv")
-TASK_METRICS = ("cond_nll_bpd", "lpips", "fid", "kid")
+TASK_METRICS = ("cond_nll_bpd", "lpips", "fid", "kid", "psnr", "ssim", "l1_hole", "diversity")
 AS_IS = "cond_nll_bpd (as is)"
 GAIN = "context gain"
-TASK_COLUMNS = ("cond_nll_bpd", AS_IS, GAIN, "lpips", "fid", "kid")
-HIGHER_IS_BETTER = (GAIN,)
-DIGITS = {"test_bpd": 3, "cond_nll_bpd": 3, AS_IS: 3, GAIN: 3, "context_gain_bpd": 3, "lpips": 4, "fid": 2, "kid": 4}
+TASK_COLUMNS = ("cond_nll_bpd", AS_IS, GAIN, "lpips", "fid", "kid", "psnr", "ssim", "l1_hole", "diversity")
+HIGHER_IS_BETTER = (GAIN, "psnr", "ssim", "diversity")
+"""Columns never bolded as 'best = lowest' (higher is better, or, for diversity, neither)."""
+DIGITS = {"test_bpd": 3, "cond_nll_bpd": 3, AS_IS: 3, GAIN: 3, "context_gain_bpd": 3, "lpips": 4, "fid": 2, "kid": 4,
+          "psnr": 2, "ssim": 4, "l1_hole": 4, "diversity": 4}
 QUICK_NOTE = "quick profile: small samples, not comparable to published numbers"
 
 
@@ -309,8 +311,10 @@ def summary_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     best = pd.DataFrame(False, index=values.index, columns=cols)
     for m in TASK_METRICS:
         mc = [c for c in cols if metric_of[c] == m]
-        if mc:
+        if mc and m not in HIGHER_IS_BETTER:
             best[mc] = values[mc].eq(values[mc].min(axis=1), axis=0)
+        elif mc and m in ("psnr", "ssim"):
+            best[mc] = values[mc].eq(values[mc].max(axis=1), axis=0)
     return disp, values, best
 
 
