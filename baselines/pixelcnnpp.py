@@ -382,6 +382,7 @@ class PixelCNNPP(AutoregressiveImageModel):
         temperature: float = 1.0,
         sampler: str = "naive",
         progress: Callable[[int], None] | None = None,
+        cost=None,
     ) -> Tensor:
         """As :meth:`AutoregressiveImageModel.complete`, but always samples in raster order.
 
@@ -393,8 +394,8 @@ class PixelCNNPP(AutoregressiveImageModel):
         if sampler == "cached":
             from lmconv_bench.baselines.pixelcnnpp_cache import cached_complete
 
-            return cached_complete(self, x, missing, seeds, temperature, progress)
+            return cached_complete(self, x, missing, seeds, temperature, progress, cost=cost)
         if sampler != "naive":
             raise unknown("sampler", sampler, ["naive", "cached"])
         raster = get_order(self.fixed_order, x.shape[2], x.shape[3]).to(x.device)
-        return super().complete(x, missing, raster, seeds, temperature, sampler, progress)
+        return super().complete(x, missing, raster, seeds, temperature, sampler, progress, cost)

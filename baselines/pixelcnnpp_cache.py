@@ -315,6 +315,7 @@ def cached_complete(
     seeds: Tensor,
     temperature: float = 1.0,
     progress: Callable[[int], None] | None = None,
+    cost=None,
 ) -> Tensor:
     """Raster completion with cached activations; the same samples as the naive sampler.
 
@@ -326,6 +327,9 @@ def cached_complete(
             ``pixel_generators`` derives from ``(seeds[i], p)``, as the naive sampler does.
         temperature: > 0, passed to the head.
         progress: called with 1 after every raster position at which some image sampled.
+        cost: a :class:`~lmconv_bench.models.base.Cost` to add the work to: every layer runs once
+            at each position of rows ``0 .. r_last`` (the last row with a missing pixel), so
+            ``(r_last + 1) / H`` full passes.
     Returns:
         uint8 ``[B, C, H, W]``: observed pixels unchanged, missing ones sampled in raster order.
     """
@@ -341,6 +345,8 @@ def cached_complete(
     if b == 0 or not rows_todo:
         return out
     r_last = rows_todo[-1]
+    if cost is not None:
+        cost.add((r_last + 1) / x.shape[2], b)
     seeds_cpu = seeds.cpu()
     ones = torch.ones(w, b, 1, dtype=dtype, device=x.device)
     cache = _RasterCache(model, w, ones[0])

@@ -37,6 +37,7 @@ from .coverage import in_training_distribution, trained_coverage
 from .data import ImageSet, get_dataset_info, load_split
 from .errors import UserError, unknown
 from .masks import make_masks
+from .models.base import Cost
 from .progress import console, progress_bar
 from .records import METRIC_UNITS, RunDir, cell_key
 from .seeding import stable_seed
@@ -122,7 +123,7 @@ def _batches(n: int, size: int):
 
 @torch.no_grad()
 def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.Tensor,
-                cond_perms: torch.Tensor, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+                cond_perms: torch.Tensor, batch_size: int, device, costs=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image log-likelihoods in nats (float64 numpy [N] each).
 
     Returns ``(joint, cond, preceding)``: ``joint`` = log p(x) under ``perm``; ``cond`` = log p of
@@ -130,6 +131,8 @@ def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.
     when the order is observed-first; ``preceding`` = log p of the missing pixels under ``perm``
     itself (each sees only the pixels before it), taken from the joint pass at no extra cost.
     When ``cond_perms`` equals ``perm`` for every image, the second pass is skipped.
+    ``costs``: optional ``(joint_cost, cond_cost)`` :class:`~lmconv_bench.models.base.Cost` s to
+    which each forward pass is added (the conditional one gets the joint pass when it reuses it).
     """
     joint, cond, preceding = [], [], []
     same = bool((cond_perms == perm.expand_as(cond_perms)).all())
@@ -141,19 +144,23 @@ def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.
         preceding.append((lp * miss).flatten(1).sum(1).cpu())
         lpc = lp if same else model.log_prob(x, cond_perms[sl].to(device)).double()
         cond.append((lpc * miss).flatten(1).sum(1).cpu())
+        if costs is not None:
+            costs[0].add(1, len(x))
+            costs[1].add(1, len(x))
     return torch.cat(joint).numpy(), torch.cat(cond).numpy(), torch.cat(preceding).numpy()
 
 
 @torch.no_grad()
-def completions(model, images, missing, cond_perms, seeds, cfg: RunConfig, device, advance) -> torch.Tensor:
-    """Complete every image once per seed column: uint8 [N, K, C, H, W]."""
+def completions(model, images, missing, cond_perms, seeds, cfg: RunConfig, device, advance, cost=None) -> torch.Tensor:
+    """Complete every image once per seed column: uint8 [N, K, C, H, W]; the samplers add their
+    work to ``cost`` (a :class:`~lmconv_bench.models.base.Cost`), if given."""
     out = []
     for sl in _batches(len(images), cfg.batch_size):
         ks = []
         for k in range(seeds.shape[1]):
             done = model.complete(
                 images[sl].to(device), missing[sl].to(device), cond_perms[sl].to(device), seeds[sl, k],
-                temperature=cfg.temperature, sampler=cfg.sampler,
+                temperature=cfg.temperature, sampler=cfg.sampler, cost=cost,
             )
             ks.append(done.cpu())
             advance(sl.stop - sl.start)
@@ -247,7 +254,8 @@ def _context(perms: torch.Tensor, missing: torch.Tensor) -> str:
 
 def _row(base: dict, metric: str, value: float, n: int, stderr=float("nan"), lo=float("nan"), hi=float("nan"), **kw):
     return {**base, "metric": metric, "value": float(value), "unit": METRIC_UNITS[metric], "n": int(n),
-            "stderr": float(stderr), "ci_low": float(lo), "ci_high": float(hi), **kw}
+            "stderr": float(stderr), "ci_low": float(lo), "ci_high": float(hi), "nfe": float("nan"),
+            "wall_s": float("nan"), **kw}
 
 
 def _summary_row(base, metric, per_image: np.ndarray, seed: int, **kw):
@@ -399,7 +407,12 @@ class Grid:
             from .report import comparisons_for_run
 
             self.run.rebuild(comparisons=comparisons_for_run(self.run.path))
-            self.run.write_manifest({**self.manifest(time.time() - t0), "image_ids": image_ids})
+            wall = time.time() - t0
+            n_evals = sum(len(ids) for ids in image_ids.values()) * max(len(self.run.all_cells()), 1) / max(len(self.tasks), 1)
+            self.run.write_manifest({**self.manifest(wall), "image_ids": image_ids,
+                                     "images_per_s": n_evals / wall if wall > 0 else None,
+                                     "images_per_s_note": "image x cell evaluations per second of this invocation "
+                                                          "(cells finished earlier, e.g. before a resume, count too)"})
         dist.barrier()
         return self.run
 
@@ -480,25 +493,29 @@ class Grid:
         idx = torch.tensor(shard, dtype=torch.long)
 
         def compute():
+            t0, costs = time.perf_counter(), (Cost(), Cost())
             with progress_bar(1, f"{task.name} {entry.name} {name}: likelihood", self.show) as adv:
                 got = likelihoods(entry.model, data.images[idx], missing[idx], plain.perms[0], eff.perms[idx],
-                                  self.cfg.batch_size, self.ctx.device)
+                                  self.cfg.batch_size, self.ctx.device, costs)
                 adv(1)
-            return (shard, *[g.tolist() for g in got])
+            return (shard, *[g.tolist() for g in got],
+                    [time.perf_counter() - t0, costs[0].image_passes, costs[1].image_passes])
 
         parts = self._collect(key, f"{task.name} {entry.name} {name} likelihood", len(data.ids), compute)
         if parts is None:
             return {}
-        full = np.zeros((3, len(data.ids)))
-        for sh, *vals in parts:
+        full, spent = np.zeros((3, len(data.ids))), np.zeros(3)
+        for sh, *vals, used in parts:
             for i, v in enumerate(vals):
                 full[i, sh] = v
+            spent += used
         c_dims = get_dataset_info(task.dataset).channels
         n_miss = missing.flatten(1).sum(1).double().numpy() * c_dims
         ctx = _context(eff.perms, missing)
         nats = {"joint": full[0].tolist(), "cond": full[1].tolist(), "preceding": full[2].tolist(),
                 "n_miss": n_miss.tolist(), "context": ctx, "effective": [eff.name, eff.trained, eff.coverage],
-                "plain": [plain.name, plain.trained, plain.coverage], "reordered": eff.name != plain.name}
+                "plain": [plain.name, plain.trained, plain.coverage], "reordered": eff.name != plain.name,
+                "wall_s": float(spent[0]), "nfe": [float(spent[1]) / len(data.ids), float(spent[2]) / len(data.ids)]}
         rows, per_image = self._likelihood_rows(task, entry, name, data.ids, nats, h * w * c_dims)
         self.run.save_cell(key, rows, per_image, {"nats": nats})
         return _nats_arrays(nats)
@@ -516,18 +533,20 @@ class Grid:
         prec_bpd = -np.asarray(nats["preceding"]) / (n_miss * LN2)
         rows, per_image = [], []
 
-        def add(metric, values, e: Effective, context):
+        nfe_joint, nfe_cond = nats["nfe"]
+
+        def add(metric, values, e: Effective, context, nfe):
             base = self._base(task, entry, name, e)
-            rows.append(_summary_row(base, metric, values, self.cfg.seed, context=context))
+            rows.append(_summary_row(base, metric, values, self.cfg.seed, context=context, nfe=nfe, wall_s=nats["wall_s"]))
             per_image.extend(self._per_image(base, metric, ids, values, context=context))
 
         if "test_bpd" in metrics:
-            add("test_bpd", test_bpd, plain, "unconditional")
+            add("test_bpd", test_bpd, plain, "unconditional", nfe_joint)
         if "cond_nll_bpd" in metrics:
-            add("cond_nll_bpd", cond_bpd, eff, nats["context"])
+            add("cond_nll_bpd", cond_bpd, eff, nats["context"], nfe_cond)
             if nats["reordered"]:
-                add("cond_nll_bpd", prec_bpd, plain, "preceding_only")
-                add("context_gain_bpd", prec_bpd - cond_bpd, eff, nats["context"])
+                add("cond_nll_bpd", prec_bpd, plain, "preceding_only", nfe_joint)
+                add("context_gain_bpd", prec_bpd - cond_bpd, eff, nats["context"], nfe_joint + nfe_cond)
         return rows, per_image
 
     def _collect(self, key: str, what: str, n_images: int, compute) -> list[tuple] | None:
@@ -587,7 +606,9 @@ class Grid:
         # an ensemble's effective order is its own name (its members' reordered forms, or their
         # plain forms in the preceding-only row, which the `context` column tells apart)
         mix.update(n_miss=nats[names[0]]["n_miss"], context=ctx, reordered=reordered,
-                   effective=[label, *members("effective")], plain=[label, *members("plain")])
+                   effective=[label, *members("effective")], plain=[label, *members("plain")],
+                   wall_s=float(sum(nats[n]["wall_s"] for n in names)),
+                   nfe=[float(sum(nats[n]["nfe"][i] for n in names)) for i in (0, 1)])
         rows, per_image = self._likelihood_rows(task, entry, label, data.ids, mix,
                                                 info.height * info.width * info.channels)
         self.run.save_cell(key, rows, per_image)
@@ -605,9 +626,10 @@ class Grid:
         idx = torch.tensor(shard, dtype=torch.long)
 
         def compute():
+            t0, cost = time.perf_counter(), Cost()
             with progress_bar(len(shard) * k, f"{task.name} {entry.name} {name}: completing", self.show) as adv:
                 comp = completions(entry.model, data.images[idx], missing[idx], cond_perms[idx], seeds[idx],
-                                   self.cfg, self.ctx.device, adv)
+                                   self.cfg, self.ctx.device, adv, cost)
             lp = div = None
             n_bits = get_dataset_info(task.dataset).n_bits
             if "lpips" in metrics:
@@ -619,20 +641,22 @@ class Grid:
                       for j, i in enumerate(shard)]
             if "diversity" in metrics and k >= 2:
                 div = [diversity(comp[j], n_bits) for j in range(len(shard))]
-            return (shard, comp, lp, div)
+            return (shard, comp, lp, div, [time.perf_counter() - t0, cost.image_passes])
 
         parts = self._collect(key, f"{task.name} {entry.name} {name} completion", len(data.ids), compute)
         if parts is None:
             return
         n = len(data.ids)
         comp_all = torch.zeros(n, k, *data.images.shape[1:], dtype=torch.uint8)
-        lp_all, div_all = np.zeros((n, k)), np.zeros(n)
-        for sh, c, l, dv in parts:
+        lp_all, div_all, spent = np.zeros((n, k)), np.zeros(n), np.zeros(2)
+        for sh, c, l, dv, used in parts:
+            spent += used
             comp_all[sh] = c
             if l is not None:
                 lp_all[sh] = l
             if dv is not None:
                 div_all[sh] = dv
+        t_metrics = time.perf_counter()
         base = self._base(task, entry, name, eff)
         ctx = _context(cond_perms, missing)
         rows, per_image = [], []
@@ -662,6 +686,8 @@ class Grid:
                 rows.append(_row(base, "fid", res["fid"], n_gen, context=ctx))
             if "kid" in metrics:
                 rows.append(_row(base, "kid", res["kid_mean"], n_gen, stderr=res["kid_stderr"], context=ctx))
+        for r in rows:  # per completion: the sampler's work; seconds: sampling and metrics
+            r.update(nfe=float(spent[1]) / (n * k), wall_s=float(spent[0]) + time.perf_counter() - t_metrics)
         self._save_examples(key, data, missing, comp_all, task=task.name, label=f"{entry.label} {eff.name}")
         self.run.save_cell(key, rows, per_image)
 

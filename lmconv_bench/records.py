@@ -29,7 +29,7 @@ from .io_utils import LOCK_NAME, atomic_write_json, atomic_write_text, check_wri
 RECORD_COLUMNS = (
     "run_id", "task", "task_version", "dataset", "split", "profile", "model", "preset", "model_label", "n_params",
     "checkpoint_sha256", "order", "effective_order", "order_trained", "trained_coverage", "metric", "value", "unit",
-    "n", "stderr", "ci_low", "ci_high", "context", "seed",
+    "n", "stderr", "ci_low", "ci_high", "context", "seed", "nfe", "wall_s",
 )
 """Columns of records.csv. ``order``: the order asked for; ``effective_order``: the order actually
 run (``observed_first(<order>)`` where conditional metrics reordered it; an ensemble's own name);
@@ -37,7 +37,12 @@ run (``observed_first(<order>)`` where conditional metrics reordered it; an ense
 fraction of positions whose kernel masks the checkpoint trained on (``coverage.trained_coverage``);
 ``context``: ``unconditional``, ``all_observed`` (every observed pixel precedes every missing one)
 or ``preceding_only``; ``model_label``: family-preset, training orders and parameter count;
-``n_params``: parameter count. ``stderr``: standard error of the mean across images, or empty."""
+``n_params``: parameter count. ``stderr``: standard error of the mean across images, or empty.
+``nfe``: network evaluations behind the value, in full-forward-pass equivalents per image (per
+completion for completion metrics), counted by the samplers and likelihood code; it depends on
+batching (a cached sampler steps a batch through the union of its images' missing positions).
+``wall_s``: seconds the cell took (summed over processes or shards). Both are costs, not results:
+they differ with batch size, process count and hardware."""
 PER_IMAGE_COLUMNS = ("run_id", "task", "model", "model_label", "checkpoint_sha256", "order", "effective_order",
                      "context", "metric", "image_id", "sample", "value")
 COMPARISON_COLUMNS = ("task", "model_a", "order_a", "model_b", "order_b", "metric", "statistic", "p_value", "n")

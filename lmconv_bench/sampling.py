@@ -350,6 +350,7 @@ def cached_complete(
     progress: Callable[[int], None] | None = None,
     max_cache_bytes: int = CACHE_BYTES,
     threads: int | None = None,
+    cost=None,
 ) -> Tensor:
     """LMConv completion with cached activations; the same samples as the naive sampler.
 
@@ -370,6 +371,8 @@ def cached_complete(
         threads: torch threads for the per-step loop (the prefill pass keeps the current
             setting, which is restored afterwards); None: 1 when the per-step products are small
             (see :data:`SMALL_STEP_MACS`), else the current setting.
+        cost: a :class:`~lmconv_bench.models.base.Cost` to add the work to (the prefill pass plus
+            one position of every layer per step, per chunk of images).
     Returns:
         uint8 ``[B, C, H, W]``: observed pixels unchanged, missing ones sampled in order.
     """
@@ -381,12 +384,12 @@ def cached_complete(
     b = x.shape[0]
     chunk = max(1, int(max_cache_bytes) // max(cache_bytes_per_image(model), 1))
     if b <= chunk:
-        return _complete_chunk(model, x, missing, orders, seeds, temperature, progress, threads)
+        return _complete_chunk(model, x, missing, orders, seeds, temperature, progress, threads, cost)
     parts = []
     for s in range(0, b, chunk):
         sl = slice(s, min(b, s + chunk))
         perm = orders[sl] if orders.dim() == 2 else orders
-        parts.append(_complete_chunk(model, x[sl], missing[sl], perm, seeds[sl], temperature, progress, threads))
+        parts.append(_complete_chunk(model, x[sl], missing[sl], perm, seeds[sl], temperature, progress, threads, cost))
     return torch.cat(parts)
 
 
@@ -404,7 +407,7 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _complete_chunk(model, x, missing, orders, seeds, temperature, progress, threads) -> Tensor:
+def _complete_chunk(model, x, missing, orders, seeds, temperature, progress, threads, cost=None) -> Tensor:
     b, c, h, w = x.shape
     n, device, dtype, n_bits = h * w, x.device, model.dtype_, model.config.n_bits
     miss = missing.to(device).bool().reshape(b, n)
@@ -431,6 +434,8 @@ def _complete_chunk(model, x, missing, orders, seeds, temperature, progress, thr
 
     net = _StepNet(model, perm, steps, dtype, device)
     net.prefill(to_model_range(out, n_bits).to(dtype), perm)
+    if cost is not None:  # the prefill pass, then one position of every layer per step
+        cost.add(1 + steps.shape[0] / n, b)
     if threads is None and device.type == "cpu" and net.max_step_macs < SMALL_STEP_MACS:
         threads = 1
     out_flat = out.view(b, c, n)

@@ -68,8 +68,10 @@ def test_three_shards_one_killed_merge_to_the_unsharded_records(ckpt, tmp_path):
     a = _sorted(pd.read_csv(full / "records.csv"), keys)
     b = _sorted(pd.read_csv(sharded / "records.csv"), keys)
     assert len(a) == len(b) and set(a.metric) >= {"test_bpd", "cond_nll_bpd", "context_gain_bpd", "lpips", "fid", "kid"}
-    pd.testing.assert_frame_equal(a.drop(columns=["value", "stderr", "ci_low", "ci_high"]),
-                                  b.drop(columns=["value", "stderr", "ci_low", "ci_high"]))
+    # costs (nfe: the sampler steps a batch through the union of its images' missing pixels;
+    # wall_s) depend on how the images were split; every result column must agree
+    pd.testing.assert_frame_equal(a.drop(columns=["value", "stderr", "ci_low", "ci_high", "nfe", "wall_s"]),
+                                  b.drop(columns=["value", "stderr", "ci_low", "ci_high", "nfe", "wall_s"]))
     for col in ("value", "stderr"):
         np.testing.assert_allclose(b[col].to_numpy(float), a[col].to_numpy(float), rtol=1e-9, atol=0)
     pkeys = ["task", "order", "metric", "context", "image_id", "sample"]

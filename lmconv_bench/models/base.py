@@ -79,6 +79,28 @@ Orders = Tensor
 """A permutation long ``[H*W]`` shared by the batch, or ``[B, H*W]`` one per image (see orders.py)."""
 
 
+class Cost:
+    """Network evaluations counted by the samplers and likelihood code, in full-forward-pass
+    equivalents per image: a full forward pass over a batch of ``b`` images adds ``b`` image-passes;
+    computing every layer at ``k`` of the ``H*W`` positions adds ``b * k / (H*W)``.
+    :attr:`per_image` divides the total by the images added with :meth:`images`."""
+
+    def __init__(self) -> None:
+        self.image_passes = 0.0
+        self.n_images = 0
+
+    def add(self, passes: float, batch: int) -> None:
+        """``passes`` full-forward-pass equivalents, each over a batch of ``batch`` images."""
+        self.image_passes += float(passes) * int(batch)
+
+    def images(self, n: int) -> None:
+        self.n_images += int(n)
+
+    @property
+    def per_image(self) -> float:
+        return self.image_passes / self.n_images if self.n_images else 0.0
+
+
 class AutoregressiveImageModel(nn.Module):
     """Base class of every model: an autoregressive density over uint8 images under pixel orders.
 
@@ -133,6 +155,7 @@ class AutoregressiveImageModel(nn.Module):
         temperature: float = 1.0,
         sampler: str = "naive",
         progress: Callable[[int], None] | None = None,
+        cost: Cost | None = None,
     ) -> Tensor:
         """Fill the missing pixels by ancestral sampling in the given order(s).
 
@@ -145,12 +168,13 @@ class AutoregressiveImageModel(nn.Module):
             seeds: int64 ``[B]``. The noise for pixel p of image i is drawn from a generator seeded
                 by ``(seeds[i], p)``, so results don't depend on batch size or process count.
             sampler: ``"naive"`` (one full forward pass per step); subclasses may add faster ones.
+            cost: if given, the sampler adds the network evaluations it performs (:class:`Cost`).
         Returns:
             uint8 ``[B, C, H, W]``: observed pixels unchanged, missing ones sampled.
         """
         if sampler != "naive":
             raise unknown("sampler", sampler, ["naive"])
-        return naive_complete(self, x, missing, orders, seeds, temperature, progress)
+        return naive_complete(self, x, missing, orders, seeds, temperature, progress, cost)
 
 
 def check_arch(model: str, arch: dict[str, Any], positive: tuple[str, ...]) -> None:
@@ -182,6 +206,7 @@ def naive_complete(
     seeds: Tensor,
     temperature: float = 1.0,
     progress: Callable[[int], None] | None = None,
+    cost: Cost | None = None,
 ) -> Tensor:
     """Reference completion: one full forward pass per generation step (see ``complete``)."""
     from ..data import to_model_range
@@ -200,6 +225,8 @@ def naive_complete(
         if not bool(todo.any()):
             continue
         params = model(to_model_range(out, model.config.n_bits).to(model.dtype_), orders)
+        if cost is not None:
+            cost.add(1, b)
         p_flat = params.reshape(b, params.shape[1], n)
         idx = rows[todo]
         sel = p_flat[idx, :, pos[todo]][:, :, None, None]

@@ -201,6 +201,7 @@ class LMConv(AutoregressiveImageModel):
         temperature: float = 1.0,
         sampler: str = "naive",
         progress=None,
+        cost=None,
     ) -> Tensor:
         """As :meth:`AutoregressiveImageModel.complete`; ``sampler``: ``"naive"`` (one full pass
         per step) or ``"cached"`` (the same samples for about one forward pass of work, any order;
@@ -208,10 +209,10 @@ class LMConv(AutoregressiveImageModel):
         if sampler == "cached":
             from ..sampling import cached_complete
 
-            return cached_complete(self, x, missing, orders, seeds, temperature, progress)
+            return cached_complete(self, x, missing, orders, seeds, temperature, progress, cost=cost)
         if sampler != "naive":
             raise unknown("sampler", sampler, SAMPLERS)
-        return super().complete(x, missing, orders, seeds, temperature, sampler, progress)
+        return super().complete(x, missing, orders, seeds, temperature, sampler, progress, cost)
 
     def forward(self, x: Tensor, orders: Orders) -> Tensor:
         """x: float ``[B, C, H, W]`` in ``[-1, 1]``; orders: ``[H*W]`` or ``[B, H*W]``.
