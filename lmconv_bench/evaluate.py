@@ -376,6 +376,7 @@ class Grid:
         model, the images, and the masks' geometry (a conditional metric needs at least one
         missing and one observed pixel per image)."""
         self.prepared: dict[str, tuple[ImageSet, torch.Tensor]] = {}
+        self.occluded: dict[str, dict[str, float]] = {}  # task -> image id -> fraction of pixels missing
         for task in self.tasks:
             info = get_dataset_info(task.dataset)
             O.parse_spec(self.cfg.orders, info.height, info.width)  # a typo is an error even if no model uses it
@@ -391,6 +392,7 @@ class Grid:
                     f"so {', '.join(sorted(conditional))} cannot be measured; change the mask parameters in {task.source or task.name}"
                 )
             self.prepared[task.name] = (data, missing)
+            self.occluded[task.name] = dict(zip(data.ids, missing.flatten(1).double().mean(1).tolist()))
 
     def run_all(self) -> RunDir:
         """Every cell of the grid (after :meth:`prepare`, which it runs if not yet done)."""
@@ -582,7 +584,8 @@ class Grid:
         return [{"run_id": base["run_id"], "task": base["task"], "model": base["model"],
                  "model_label": base["model_label"], "checkpoint_sha256": base["checkpoint_sha256"],
                  "order": base["order"], "effective_order": base["effective_order"], "context": context,
-                 "metric": metric, "image_id": i, "sample": int(s), "value": float(v)}
+                 "metric": metric, "image_id": i, "sample": int(s), "value": float(v),
+                 "occluded_fraction": self.occluded[base["task"]][i]}
                 for i, s, v in zip(ids, samples, values)]
 
     def _ensemble_cell(self, task, entry, names, data, nats) -> None:

@@ -109,8 +109,9 @@ def _check_strokes(out: dict[str, Any], loc: str) -> None:
 def _strokes(p: dict[str, Any], height: int, width: int, g: torch.Generator) -> torch.Tensor:
     """Free-form strokes: random walks of 1-4 segments (each 10-40% of the image side long, at a
     uniform angle, turning by up to 90 degrees) stamped with a round brush, added until the
-    occluded fraction reaches ``min_fraction``; a stroke that would pass ``max_fraction`` is
-    dropped (after 200 tries the mask is the last one within range)."""
+    occluded fraction reaches a per-image target drawn uniformly from ``[min_fraction,
+    max_fraction]``; a stroke that would pass ``max_fraction`` is dropped (after 200 tries the
+    mask is the last one within range)."""
     radius = max(1.0, BRUSH_RADIUS[p["width"]] * min(height, width) / 32)
     rr, cc = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
     mask = torch.zeros(height, width, dtype=torch.bool)
@@ -118,8 +119,9 @@ def _strokes(p: dict[str, Any], height: int, width: int, g: torch.Generator) -> 
     def u() -> float:
         return float(torch.rand(1, generator=g, dtype=torch.float64))
 
+    target = p["min_fraction"] + u() * (p["max_fraction"] - p["min_fraction"])
     for _ in range(200):
-        if mask.double().mean() >= p["min_fraction"]:
+        if mask.double().mean() >= target:
             break
         stroke = torch.zeros_like(mask)
         r, c, angle = u() * height, u() * width, u() * 2 * math.pi

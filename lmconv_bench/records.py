@@ -44,7 +44,9 @@ batching (a cached sampler steps a batch through the union of its images' missin
 ``wall_s``: seconds the cell took (summed over processes or shards). Both are costs, not results:
 they differ with batch size, process count and hardware."""
 PER_IMAGE_COLUMNS = ("run_id", "task", "model", "model_label", "checkpoint_sha256", "order", "effective_order",
-                     "context", "metric", "image_id", "sample", "value")
+                     "context", "metric", "image_id", "sample", "value", "occluded_fraction")
+"""Columns of per_image.csv; ``occluded_fraction``: the fraction of the image's pixels that its
+mask hides (for binning results by hole size, ``report --bins``)."""
 COMPARISON_COLUMNS = ("task", "model_a", "order_a", "model_b", "order_b", "metric", "statistic", "p_value", "n")
 METRIC_UNITS = {"test_bpd": "bits/dim", "cond_nll_bpd": "bits/dim", "context_gain_bpd": "bits/dim",
                 "lpips": "lpips", "fid": "fid", "kid": "kid", "psnr": "dB", "ssim": "ssim",

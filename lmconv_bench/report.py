@@ -318,15 +318,63 @@ def summary_table(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return disp, values, best
 
 
-def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None = None) -> Path:
-    """Write tables (and PNG figures) for the given runs; returns the output directory."""
+BIN_METRICS = ("cond_nll_bpd", "lpips", "psnr", "ssim", "l1_hole")
+
+
+def binned_tables(per_image: pd.DataFrame, bins: int = 10) -> list[dict[str, Any]]:
+    """Per task whose images' occluded fractions fall in more than one of ``bins`` equal bins over
+    [0, 1] (e.g. ``strokes``, or ``random`` with its per-image spread): rows = model · order ·
+    metric, columns = bins, cells = mean ± stderr over the images in the bin (``n`` per bin in the
+    caption). LaMa reports its results in such bins."""
+    if per_image.empty or "occluded_fraction" not in per_image.columns:
+        return []
+    df = main_per_image_with_fraction(per_image)
+    df = df[df["metric"].isin(BIN_METRICS)]
+    edges = np.linspace(0, 1, bins + 1)
+    out = []
+    for task, g in df.groupby("task", sort=True):
+        b = np.clip(np.digitize(g["occluded_fraction"], edges[1:-1]), 0, bins - 1)
+        if len(set(b)) < 2:
+            continue
+        g = g.assign(bin=[f"{edges[i]:.1f}-{edges[i + 1]:.1f}" for i in b])
+        g = g.assign(row=[f"{lab} {o} {m}" for lab, o, m in zip(g["model_label"], g["order"], g["metric"])])
+        stats = g.groupby(["row", "bin"])["value"].agg(["mean", "std", "count"]).reset_index()
+        stats["stderr"] = stats["std"] / np.sqrt(stats["count"])
+        values = stats.pivot(index="row", columns="bin", values="mean")
+        errs = stats.pivot(index="row", columns="bin", values="stderr")
+        disp = values.copy().astype(object)
+        for c in values.columns:
+            disp[c] = [_cell(v, e, 4) for v, e in zip(values[c], errs[c])]
+        counts = g.drop_duplicates("image_id").groupby("bin").size()
+        disp.index.name, disp.columns.name = "model / order / metric", "occluded fraction"
+        cap = (f"{task}: metrics binned by the occluded fraction of each image (mean ± stderr across the images of a "
+               f"bin; images per bin: {', '.join(f'{k}: {v}' for k, v in counts.items())})")
+        out.append({"name": f"bins_{task}", "caption": cap, "display": disp,
+                    "values": pd.DataFrame(np.nan, index=disp.index, columns=disp.columns), "long": stats,
+                    "best": pd.DataFrame(False, index=disp.index, columns=disp.columns)})
+    return out
+
+
+def main_per_image_with_fraction(per_image: pd.DataFrame) -> pd.DataFrame:
+    """:func:`main_per_image` keeping each image's occluded fraction."""
+    frac = per_image.drop_duplicates(["task", "image_id"]).set_index(["task", "image_id"])["occluded_fraction"]
+    df = main_per_image(per_image)
+    return df.assign(occluded_fraction=[frac.get((t, i), np.nan) for t, i in zip(df["task"], df["image_id"])])
+
+
+def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None = None, bins: int = 10) -> Path:
+    """Write tables (and PNG figures) for the given runs; returns the output directory. ``bins``:
+    the number of occluded-fraction bins of the binned tables (0: none)."""
     if fmt not in FORMATS:
         raise unknown("report format", fmt, FORMATS)
     paths = find_runs(run_dirs)
     df = load_records(paths)
     out_dir = check_writable(Path(out) if out else Path("results/report"), is_dir=True)
     ext = {"latex": "tex", "markdown": "md", "csv": "csv"}[fmt]
-    for t in build_tables(df):
+    if not isinstance(bins, int) or bins < 0:
+        raise UserError(f"--bins must be a non-negative number of bins, got {bins!r}")
+    tables = build_tables(df) + (binned_tables(load_per_image(paths), bins) if bins else [])
+    for t in tables:
         target = out_dir / f"{t['name']}.{ext}"
         if fmt == "latex":
             atomic_write_text(target, to_latex(t["display"], t["values"], t["caption"], f"tab:{t['name']}", t.get("best")))
