@@ -344,13 +344,14 @@ def report_cmd(
     fmt: Annotated[str, typer.Option("--format", help="Table format: latex, markdown or csv.")] = "latex",
     out: Annotated[str, typer.Option("--out", help="Output directory for tables and figures.")] = "results/report",
     bins: Annotated[int, typer.Option("--bins", help="Occluded-fraction bins over [0, 1] for the binned tables of tasks whose hole size varies per image (0: none).")] = 10,
+    published: Annotated[Optional[str], typer.Option("--published", help="YAML of published figures to put beside ours (default: results/published.yaml when present).")] = None,
 ) -> None:
     """Turn run records into tables (LaTeX/markdown/CSV), PNG figures, and findings.md/.tex: the
     paper's claims tested on the records (paired CI and Wilcoxon p per claim, with a verdict)."""
     from .findings import write_findings
     from .report import find_runs, load_per_image, load_records, write_report
 
-    path = write_report(run_dirs, fmt, out, bins)
+    path = write_report(run_dirs, fmt, out, bins, published)
     paths = find_runs(run_dirs)
     write_findings(load_records(paths), load_per_image(paths), path, fmt)
     typer.echo(f"report: {path}")

@@ -362,9 +362,11 @@ def main_per_image_with_fraction(per_image: pd.DataFrame) -> pd.DataFrame:
     return df.assign(occluded_fraction=[frac.get((t, i), np.nan) for t, i in zip(df["task"], df["image_id"])])
 
 
-def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None = None, bins: int = 10) -> Path:
+def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None = None, bins: int = 10,
+                 published: str | None = None) -> Path:
     """Write tables (and PNG figures) for the given runs; returns the output directory. ``bins``:
-    the number of occluded-fraction bins of the binned tables (0: none)."""
+    the number of occluded-fraction bins of the binned tables (0: none). ``published``: the
+    published-figures YAML (default ``results/published.yaml`` when present)."""
     if fmt not in FORMATS:
         raise unknown("report format", fmt, FORMATS)
     paths = find_runs(run_dirs)
@@ -398,6 +400,17 @@ def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None
             cap = "Paired Wilcoxon signed-rank tests on per-image values (a vs b)"
             text = to_latex(disp, vals, cap, "tab:comparisons") if fmt == "latex" else to_markdown(disp, vals, cap)
             atomic_write_text(target, text)
+    from .published import load_published, published_table
+
+    entries = load_published(published) if published else load_published()
+    if entries:
+        pub = published_table(df, entries).set_index("dataset")
+        cap = ("Published figures beside ours: comparable only where dataset, metric and protocol match, so only "
+               "full-profile records are shown (quick-profile numbers are labelled not comparable)")
+        vals = pd.DataFrame(np.nan, index=pub.index, columns=pub.columns)
+        text = {"latex": lambda: to_latex(pub, vals, cap, "tab:published"), "markdown": lambda: to_markdown(pub, vals, cap),
+                "csv": lambda: pub.reset_index().to_csv(index=False)}[fmt]()
+        atomic_write_text(out_dir / f"published.{ext}", text)
     from .figures import completion_grids, nll_per_order_plot
 
     completion_grids(paths, out_dir)

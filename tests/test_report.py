@@ -15,7 +15,8 @@ def _row(**kw):
     base = dict(run_id="r_1", task="mnist_top_half", task_version=1, dataset="mnist", split="test",
                 profile="quick", model="lmconv", preset="tiny", n_params=1000, checkpoint_sha256="ab" * 32,
                 order="s_curve/0", order_trained=True, trained_coverage=1.0, metric="cond_nll_bpd", value=1.0,
-                unit="bits/dim", n=10, stderr=0.1, ci_low=0.8, ci_high=1.2, context="all_observed", seed=0)
+                unit="bits/dim", n=10, stderr=0.1, ci_low=0.8, ci_high=1.2, context="all_observed", seed=0,
+                nfe=1.0, wall_s=0.5)
     base.update(kw)
     base.setdefault("model_label", base["model"])  # labels as plain names keep the expected strings short
     base.setdefault("effective_order", base["order"])
@@ -127,3 +128,37 @@ def test_summary_table_contrasts_baseline_ensemble_and_best_single_order():
     assert best.loc["mnist_top_half", "cond_nll_bpd: lmconv ensemble"]
     assert best.loc["mnist_center", "cond_nll_bpd: pixelcnnpp raster/0"]
     assert not best.loc["mnist_center", "cond_nll_bpd: lmconv ensemble"]
+
+
+def test_published_figures_are_shown_only_beside_full_profile_records():
+    from lmconv_bench.published import load_published, published_table
+
+    entries = load_published("results/published.yaml")
+    assert any(e["model"] == "PixelCNN++" and e["value"] == 2.92 for e in entries)
+    assert {2.887, 2.909, 2.762} <= {e["value"] for e in entries if e["model"] == "LMConv"}
+    quick = pd.DataFrame([_row(dataset="cifar10", task="cifar10_top_half", metric="test_bpd", order="ensemble(s_curve)",
+                               value=4.3, context="unconditional")])
+    key = ["model (published)", "order", "metric"]
+    t = published_table(quick, entries).set_index(key)
+    assert t.loc[("LMConv", "ensemble", "test_bpd"), "ours (full profile)"] == "not comparable (quick profile)"
+    assert t.loc[("PixelCNN++", "raster", "test_bpd"), "ours (full profile)"] == "not measured"
+    assert t.loc[("LMConv", "ensemble", "cond_nll_bpd"), "ours (full profile)"] == "not measured"
+    full = quick.assign(profile="full", stderr=0.01)
+    t = published_table(full, entries).set_index(key)
+    assert t.loc[("LMConv", "ensemble", "test_bpd"), "ours (full profile)"] == "4.300 ± 0.010"
+
+
+def test_binned_tables_group_images_by_occluded_fraction():
+    from lmconv_bench.report import binned_tables
+
+    rows = []
+    for i, frac in enumerate([0.05, 0.12, 0.18, 0.45, 0.47]):
+        rows.append(dict(run_id="r", task="t", model="lmconv", model_label="lm", checkpoint_sha256="x", order="s_curve/0",
+                         effective_order="s_curve/0", context="all_observed", metric="lpips", image_id=str(i), sample=0,
+                         value=frac, occluded_fraction=frac))
+    (tab,) = binned_tables(pd.DataFrame(rows), bins=10)
+    vals = tab["long"].set_index("bin")["mean"]
+    assert vals["0.1-0.2"] == pytest.approx(0.15) and vals["0.4-0.5"] == pytest.approx(0.46) and vals["0.0-0.1"] == 0.05
+    assert "0.1-0.2: 2" in tab["caption"]
+    one_bin = pd.DataFrame(rows[1:3])
+    assert binned_tables(one_bin, bins=10) == []
