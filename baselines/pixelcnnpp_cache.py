@@ -63,10 +63,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmconv_bench.baselines.pixelcnnpp import N_RESOLUTIONS, DownShiftedDeconv2d
-from lmconv_bench.data import to_model_range
 from lmconv_bench.errors import UserError
 from lmconv_bench.models.base import pixel_generators
+from lmconv_bench.pixels import to_model_range
+
+from .pixelcnnpp_layers import N_RESOLUTIONS, DownShiftedDeconv2d
 
 Window = tuple[int, int, int] | None
 """``(row, c0, c1)``: columns ``[c0, c1)`` of one row at one resolution; ``None`` = nothing."""

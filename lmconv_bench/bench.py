@@ -256,64 +256,15 @@ def bench_conv(
         f"{h}x{w}x{c}, batch {batch}, {torch.get_num_threads()} threads, {repeats} interleaved rounds"
     )
 
-    # warm up: every order's masks (cached as in training), and one step of each kind
-    for perms in orders.values():
-        for perm in perms:
-            nets["fast"].conv_masks(perm, batch, h, w, xf.device)
-    for impl in ("plain", "plain_cl", "footprint", "fast"):
-        _train_step(nets[impl], inputs[impl], x8, orders["s_curve"][0])
-        _forward(nets[impl], inputs[impl], orders["s_curve"][0])
-
-    # per family and network: one train-step time and one forward time per round, interleaved
-    train = {fam: {k: [] for k in COMPARATORS + ("fast",)} for fam in ORDER_FAMILIES}
-    fwd = {fam: {k: [] for k in COMPARATORS + ("fast",)} for fam in ORDER_FAMILIES}
-    for r in range(repeats):
-        for fam in ORDER_FAMILIES:
-            perm = orders[fam][r % len(orders[fam])]
-            for impl in COMPARATORS + ("fast",):
-                net, xin = nets[impl], inputs[impl]
-                train[fam][impl].append(_timed(lambda: _train_step(net, xin, x8, perm)))
-                fwd[fam][impl].append(_timed(lambda: _forward(net, xin, perm)))
-        say(f"  round {r + 1}/{repeats} done ({time.perf_counter() - t_start:.0f} s)")
-
-    med_t = {"plain": statistics.median(v for fam in ORDER_FAMILIES for v in train[fam]["plain"])}
-    med_f = {"plain": statistics.median(v for fam in ORDER_FAMILIES for v in fwd[fam]["plain"])}
-    for fam in ORDER_FAMILIES:
-        med_t[fam], med_f[fam] = statistics.median(train[fam]["fast"]), statistics.median(fwd[fam]["fast"])
-    result: dict[str, Any] = {
-        "train_step_ratio": {fam: med_t[fam] / med_t["plain"] for fam in ORDER_FAMILIES},
-        "forward_ratio": {fam: med_f[fam] / med_f["plain"] for fam in ORDER_FAMILIES},
-        "train_step_ratio_vs": {k: {fam: _spread(train[fam]["fast"], train[fam][k]) for fam in ORDER_FAMILIES}
-                                for k in COMPARATORS},
-        "forward_ratio_vs": {k: {fam: _spread(fwd[fam]["fast"], fwd[fam][k]) for fam in ORDER_FAMILIES}
-                             for k in COMPARATORS},
-        "seconds": {"train_step": med_t, "forward": med_f},
-    }
+    result = _time_comparators(nets, inputs, x8, orders, repeats, batch, (h, w), say, t_start)
+    med_t, med_f = result["seconds"]["train_step"], result["seconds"]["forward"]
 
     if reference_repeats > 0:
-        ref_t, ref_f = [], []
-        _forward(nets["reference"], xf, orders["s_curve"][0])  # warm-up
-        for r in range(reference_repeats):
-            perm = orders["s_curve"][r % 8]
-            ref_t.append(_timed(lambda: _train_step(nets["reference"], xf, x8, perm)))
-            ref_f.append(_timed(lambda: _forward(nets["reference"], xf, perm)))
-        result["reference"] = {
-            "train_step_ratio": {"s_curve": statistics.median(ref_t) / med_t["plain"]},
-            "forward_ratio": {"s_curve": statistics.median(ref_f) / med_f["plain"]},
-        }
+        result["reference"] = _time_reference(nets["reference"], xf, x8, orders["s_curve"], reference_repeats, med_t, med_f)
         say(f"  reference impl done ({time.perf_counter() - t_start:.0f} s)")
-
     if memory and dev.type == "cpu":
         del nets
-        base = _run_memory_worker("plain", "s_curve/0", preset, shape, batch, memory_steps)
-        by_order = {}
-        for fam in ORDER_FAMILIES:
-            name = f"{fam}/0"
-            got = _run_memory_worker("fast", name, preset, shape, batch, memory_steps)
-            by_order[name] = got["growth_kib"] / max(base["growth_kib"], 1)
-        result["memory_ratio"] = max(by_order.values())
-        result["memory_ratio_by_order"] = by_order
-        result["memory_kib"] = {"plain_growth": base["growth_kib"], "plain_peak": base["peak_kib"]}
+        result.update(_memory_ratios(preset, shape, batch, memory_steps))
         say(f"  memory done ({time.perf_counter() - t_start:.0f} s)")
 
     result["config"] = {
@@ -332,6 +283,64 @@ def bench_conv(
 
 
 COMPARATOR_LABELS = {"plain": "plain 3x3 NCHW", "plain_cl": "plain 3x3 channels_last", "footprint": "same tap footprint"}
+
+
+def _time_comparators(nets, inputs, x8, orders, repeats: int, batch: int, hw, say, t_start: float) -> dict[str, Any]:
+    """Warm up, then time every comparator and LMConv per family in interleaved rounds; the
+    ratios of :func:`bench_conv` with their spread."""
+    h, w = hw
+    for perms in orders.values():  # every order's masks, cached as in training
+        for perm in perms:
+            nets["fast"].conv_masks(perm, batch, h, w, x8.device)
+    for impl in ("plain", "plain_cl", "footprint", "fast"):
+        _train_step(nets[impl], inputs[impl], x8, orders["s_curve"][0])
+        _forward(nets[impl], inputs[impl], orders["s_curve"][0])
+    train = {fam: {k: [] for k in COMPARATORS + ("fast",)} for fam in ORDER_FAMILIES}
+    fwd = {fam: {k: [] for k in COMPARATORS + ("fast",)} for fam in ORDER_FAMILIES}
+    for r in range(repeats):
+        for fam in ORDER_FAMILIES:
+            perm = orders[fam][r % len(orders[fam])]
+            for impl in COMPARATORS + ("fast",):
+                net, xin = nets[impl], inputs[impl]
+                train[fam][impl].append(_timed(lambda: _train_step(net, xin, x8, perm)))
+                fwd[fam][impl].append(_timed(lambda: _forward(net, xin, perm)))
+        say(f"  round {r + 1}/{repeats} done ({time.perf_counter() - t_start:.0f} s)")
+    med_t = {"plain": statistics.median(v for fam in ORDER_FAMILIES for v in train[fam]["plain"])}
+    med_f = {"plain": statistics.median(v for fam in ORDER_FAMILIES for v in fwd[fam]["plain"])}
+    for fam in ORDER_FAMILIES:
+        med_t[fam], med_f[fam] = statistics.median(train[fam]["fast"]), statistics.median(fwd[fam]["fast"])
+    return {
+        "train_step_ratio": {fam: med_t[fam] / med_t["plain"] for fam in ORDER_FAMILIES},
+        "forward_ratio": {fam: med_f[fam] / med_f["plain"] for fam in ORDER_FAMILIES},
+        "train_step_ratio_vs": {k: {fam: _spread(train[fam]["fast"], train[fam][k]) for fam in ORDER_FAMILIES}
+                                for k in COMPARATORS},
+        "forward_ratio_vs": {k: {fam: _spread(fwd[fam]["fast"], fwd[fam][k]) for fam in ORDER_FAMILIES}
+                             for k in COMPARATORS},
+        "seconds": {"train_step": med_t, "forward": med_f},
+    }
+
+
+def _time_reference(net, xf, x8, perms, repeats: int, med_t, med_f) -> dict[str, Any]:
+    """The unfold implementation's train step and forward, relative to the plain network."""
+    ref_t, ref_f = [], []
+    _forward(net, xf, perms[0])  # warm-up
+    for r in range(repeats):
+        perm = perms[r % len(perms)]
+        ref_t.append(_timed(lambda: _train_step(net, xf, x8, perm)))
+        ref_f.append(_timed(lambda: _forward(net, xf, perm)))
+    return {"train_step_ratio": {"s_curve": statistics.median(ref_t) / med_t["plain"]},
+            "forward_ratio": {"s_curve": statistics.median(ref_f) / med_f["plain"]}}
+
+
+def _memory_ratios(preset: str, shape: str, batch: int, steps: int) -> dict[str, Any]:
+    """Peak-memory growth of LMConv per order family over the plain network (fresh processes)."""
+    base = _run_memory_worker("plain", "s_curve/0", preset, shape, batch, steps)
+    by_order = {}
+    for fam in ORDER_FAMILIES:
+        got = _run_memory_worker("fast", f"{fam}/0", preset, shape, batch, steps)
+        by_order[f"{fam}/0"] = got["growth_kib"] / max(base["growth_kib"], 1)
+    return {"memory_ratio": max(by_order.values()), "memory_ratio_by_order": by_order,
+            "memory_kib": {"plain_growth": base["growth_kib"], "plain_peak": base["peak_kib"]}}
 
 
 def _table(res: dict[str, Any]) -> str:
@@ -449,7 +458,7 @@ def bench_complete(
         pixelcnnpp: also measure the PixelCNN++ raster baseline's cached sampler (raster order:
             on the top half its missing pixels come first, ``context = preceding_only``).
         threads: torch threads for the whole benchmark (None: the current setting). The cached
-            sampler's per-step loop picks its own (see ``sampling.SMALL_STEP_MACS``).
+            sampler's per-step loop picks its own (see ``models.lmconv_cache.SMALL_STEP_MACS``).
         flip_checkpoints: checkpoints for :func:`float32_flips` on the CI tasks (None or empty:
             not measured); ``flip_images`` images per task.
 
@@ -460,7 +469,6 @@ def bench_complete(
         as strings; forward equivalents are completion seconds / forward-pass seconds.
     """
     from .masks import make_mask
-    from .models.base import build_model, presets
     from .orders import get_order, observed_first
 
     say = log or (lambda _msg: None)
@@ -477,18 +485,7 @@ def bench_complete(
             f"bench complete: MNIST top half ({int(mask.sum())} missing pixels), observed_first(s_curve/0), "
             f"lmconv preset {preset} (random weights), batches {list(batches)}, {torch.get_num_threads()} threads"
         )
-        torch.manual_seed(0)
-        net = build_model(config).eval().to(device)
-        result = _complete_figures(net, perm, mask, batches, naive_steps, forward_repeats, say, "lmconv")
-        if pixelcnnpp and preset in presets("pixelcnnpp"):
-            del net
-            pconfig = dataclasses.replace(config, model="pixelcnnpp", arch=dict(presets("pixelcnnpp")[preset]))
-            torch.manual_seed(0)
-            pnet = build_model(pconfig).eval().to(device)
-            raster = get_order("raster/0", h, w)
-            result["pixelcnnpp"] = _complete_figures(
-                pnet, raster, mask, batches, naive_steps, forward_repeats, say, "pixelcnnpp"
-            )
+        result = _complete_both(config, perm, mask, batches, naive_steps, forward_repeats, say, device, pixelcnnpp)
         result["config"] = {
             "preset": preset,
             "device": str(device),
@@ -508,6 +505,25 @@ def bench_complete(
     say(_complete_table(result))
     if json:
         print(_json.dumps(result, sort_keys=True))
+    return result
+
+
+def _complete_both(config, perm, mask, batches, naive_steps, forward_repeats, say, device, pixelcnnpp: bool) -> dict[str, Any]:
+    """:func:`_complete_figures` of the LMConv network (random weights) and, if asked and the
+    preset exists, of the PixelCNN++ baseline under ``"pixelcnnpp"``."""
+    from .models.base import build_model, presets
+    from .orders import get_order
+
+    torch.manual_seed(0)
+    net = build_model(config).eval().to(device)
+    result = _complete_figures(net, perm, mask, batches, naive_steps, forward_repeats, say, "lmconv")
+    if pixelcnnpp and config.preset in presets("pixelcnnpp"):
+        del net
+        pconfig = dataclasses.replace(config, model="pixelcnnpp", arch=dict(presets("pixelcnnpp")[config.preset]))
+        torch.manual_seed(0)
+        pnet = build_model(pconfig).eval().to(device)
+        raster = get_order("raster/0", config.height, config.width)
+        result["pixelcnnpp"] = _complete_figures(pnet, raster, mask, batches, naive_steps, forward_repeats, say, "pixelcnnpp")
     return result
 
 

@@ -195,7 +195,7 @@ def models_cmd(
 ) -> None:
     """List every registered model and preset with its parameter count per dataset, so that
     comparisons can be capacity-matched (e.g. lmconv small against pixelcnnpp matched)."""
-    from .models.base import model_parameter_counts
+    from .configs import model_parameter_counts
 
     rows = model_parameter_counts([d.strip() for d in datasets.split(",") if d.strip()], include_paper)
     if as_json:
@@ -429,7 +429,7 @@ def sample_cmd(
     """Unconditional samples (completion with every pixel missing) as a PNG grid, via the cached sampler."""
     from .distributed import resolve_device
     from .io_utils import check_writable
-    from .sampling import sample_grid
+    from .figures import sample_grid
 
     if not out.lower().endswith(".png") or Path(out).is_dir():
         raise UserError(f"--out {out} must be a PNG file name ending in .png, e.g. samples.png")

@@ -485,7 +485,6 @@ class Grid:
 
     def _likelihood_cell(self, task, entry, name, data, missing, shard) -> dict[str, np.ndarray]:
         key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], name, "likelihood")
-        metrics = self.metrics[task.name]
         if self._cell_done(key):
             if not self.ctx.is_main or self.mode == "shard":  # a shard's part holds no records
                 return {}

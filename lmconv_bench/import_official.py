@@ -514,6 +514,88 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- import
+def _choose_dataset(dataset: str | None, args, src: Path, notes: list[str]) -> str:
+    """The dataset to import for: ``dataset`` if given (noting a mismatch with the file's), else
+    the one the file records; UserError when neither says."""
+    if dataset is None:
+        dataset = dataset_from_args(args)
+        if dataset is None:
+            raise UserError(
+                f"official checkpoint {src} does not record its dataset (no args.dataset); "
+                "pass --dataset (mnist, mnist_binary, cifar10, celeba32, celeba64)"
+            )
+        return dataset
+    try:
+        trained_on = dataset_from_args(args)
+    except UserError:
+        trained_on = str((args or {}).get("dataset"))
+    if trained_on is not None and trained_on != dataset:
+        notes.append(f"dataset {dataset} chosen; the checkpoint was trained on {trained_on}")
+    return dataset
+
+
+def _arch_from(facts: dict[str, Any], a: Mapping[str, Any], n_mix: int | None, norm: str, notes: list[str]) -> dict[str, Any]:
+    """Our ``arch`` dict from the tensors' facts and the saved args ``a``."""
+
+    def opt(key: str, default: Any) -> Any:
+        return default if a.get(key) is None else a[key]
+
+    if a.get("max_dilation") is None:
+        notes.append("max_dilation 2 assumed (the official default; the dilation is not visible in the tensors)")
+    return {
+        "nr_resnet": facts["nr_resnet"],
+        "nr_filters": facts["nr_filters"],
+        # unused by the bernoulli2 head; kept from args for the record
+        "nr_logistic_mix": n_mix if n_mix is not None else int(opt("nr_logistic_mix", 10)),
+        "kernel_size": facts["kernel_size"],
+        "max_dilation": int(opt("max_dilation", OFFICIAL_DEFAULTS["max_dilation"])),
+        "normalization": norm,
+        # training only (nn.Dropout2d); 0 when the file does not say
+        "dropout_prob": float(opt("dropout_prob", 0.0)),
+        "conv_bias": facts["conv_bias"],
+    }
+
+
+def _load_into_lmconv(config: ModelConfig, state: dict[str, torch.Tensor], src: Path):
+    """An eval-mode LMConv of ``config`` holding ``state`` (as float32); UserError when the tensors
+    do not fit, are not floats, or hold NaN or inf."""
+    from .models.lmconv import LMConv
+
+    model = LMConv(config)
+    arch = config.arch
+    problem = state_mismatch(model, state)
+    if problem:
+        raise UserError(
+            f"official checkpoint {src} does not fit the OurPixelCNN it describes "
+            f"(nr_resnet={arch['nr_resnet']}, nr_filters={arch['nr_filters']}, k={arch['kernel_size']}: {problem}); "
+            "the file is damaged or from an unsupported version of the code"
+        )
+    if not all(v.is_floating_point() for v in state.values()):
+        raise UserError(f"official checkpoint {src} has non-float weights; the file is damaged: re-download it")
+    bad = non_finite_tensor(state)
+    if bad is not None:
+        raise UserError(f"official checkpoint {src} holds NaN or inf (tensor {bad}); it cannot give finite results: "
+                        "re-download it, or pick another epoch's file")
+    model.load_state_dict({k: v.detach().to(torch.float32) for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def _difference_notes(info, head: str, a: Mapping[str, Any], weights: str) -> list[str]:
+    """The known differences from the official evaluation that apply to this checkpoint."""
+    notes = []
+    if info.n_bits not in (1, 8) and head == "logistic_mixture":
+        notes.append(
+            f"{info.n_bits}-bit data: the official likelihood uses log(127.5) in the mid-bin fallback, ours log({(2 ** info.n_bits - 1) / 2:g}) (rarely used bins)"
+        )
+    if a.get("dataset") == "celebahq":
+        notes.append("trained on CelebA-HQ; lmconv-bench's CelebA sets are aligned CelebA crops, so figures there are not the paper's")
+    if head == "bernoulli2":
+        notes.append("mnist_binary is binarized once per image id here; the official code re-binarizes at every load")
+    if weights == EMA_KEY:
+        notes.append("ema_state_dict imported as stored; the official EMA.update only ever averaged its first tensor")
+    return notes
+
+
 def import_official(
     src: str | Path,
     dst: str | Path,
@@ -542,7 +624,7 @@ def import_official(
         equals the official per-pixel log-likelihood up to the differences listed in ``notes``.
     """
     from .data import get_dataset_info
-    from .models.lmconv import PRESETS, LMConv
+    from .models.lmconv import PRESETS
 
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
@@ -562,42 +644,11 @@ def import_official(
         _check_args(args, facts, head, n_mix, src)
     norm = _normalization(args, facts, normalization, src, notes)
 
-    if dataset is None:
-        dataset = dataset_from_args(args)
-        if dataset is None:
-            raise UserError(
-                f"official checkpoint {src} does not record its dataset (no args.dataset); "
-                "pass --dataset (mnist, mnist_binary, cifar10, celeba32, celeba64)"
-            )
-    else:
-        try:
-            trained_on = dataset_from_args(args)
-        except UserError:
-            trained_on = str((args or {}).get("dataset"))
-        if trained_on is not None and trained_on != dataset:
-            notes.append(f"dataset {dataset} chosen; the checkpoint was trained on {trained_on}")
-    info = get_dataset_info(dataset)
+    info = get_dataset_info(_choose_dataset(dataset, args, src, notes))
     _check_dataset(info, facts, head, args, src)
 
     a = args or {}
-
-    def opt(key: str, default: Any) -> Any:
-        return default if a.get(key) is None else a[key]
-
-    if a.get("max_dilation") is None:
-        notes.append("max_dilation 2 assumed (the official default; the dilation is not visible in the tensors)")
-    arch: dict[str, Any] = {
-        "nr_resnet": facts["nr_resnet"],
-        "nr_filters": facts["nr_filters"],
-        # unused by the bernoulli2 head; kept from args for the record
-        "nr_logistic_mix": n_mix if n_mix is not None else int(opt("nr_logistic_mix", 10)),
-        "kernel_size": facts["kernel_size"],
-        "max_dilation": int(opt("max_dilation", OFFICIAL_DEFAULTS["max_dilation"])),
-        "normalization": norm,
-        # training only (nn.Dropout2d); 0 when the file does not say
-        "dropout_prob": float(opt("dropout_prob", 0.0)),
-        "conv_bias": facts["conv_bias"],
-    }
+    arch = _arch_from(facts, a, n_mix, norm, notes)
     paper = {k: v for k, v in PRESETS["paper"].items() if k != "dropout_prob"}
     preset = "paper" if all(arch.get(k) == v for k, v in paper.items()) else "custom"
 
@@ -614,33 +665,8 @@ def import_official(
     if expected_out != facts["n_out"]:  # pragma: no cover - guarded by _head
         raise UserError(f"official checkpoint {src}: nin_out has {facts['n_out']} outputs, the {head} head needs {expected_out}")
 
-    model = LMConv(config)
-    problem = state_mismatch(model, state)
-    if problem:
-        raise UserError(
-            f"official checkpoint {src} does not fit the OurPixelCNN it describes "
-            f"(nr_resnet={arch['nr_resnet']}, nr_filters={arch['nr_filters']}, k={arch['kernel_size']}: {problem}); "
-            "the file is damaged or from an unsupported version of the code"
-        )
-    if not all(v.is_floating_point() for v in state.values()):
-        raise UserError(f"official checkpoint {src} has non-float weights; the file is damaged: re-download it")
-    bad = non_finite_tensor(state)
-    if bad is not None:
-        raise UserError(f"official checkpoint {src} holds NaN or inf (tensor {bad}); it cannot give finite results: "
-                        "re-download it, or pick another epoch's file")
-    model.load_state_dict({k: v.detach().to(torch.float32) for k, v in state.items()}, strict=True)
-    model.eval()
-
-    if info.n_bits not in (1, 8) and head == "logistic_mixture":
-        notes.append(
-            f"{info.n_bits}-bit data: the official likelihood uses log(127.5) in the mid-bin fallback, ours log({(2 ** info.n_bits - 1) / 2:g}) (rarely used bins)"
-        )
-    if a.get("dataset") == "celebahq":
-        notes.append("trained on CelebA-HQ; lmconv-bench's CelebA sets are aligned CelebA crops, so figures there are not the paper's")
-    if head == "bernoulli2":
-        notes.append("mnist_binary is binarized once per image id here; the official code re-binarizes at every load")
-    if weights == EMA_KEY:
-        notes.append("ema_state_dict imported as stored; the official EMA.update only ever averaged its first tensor")
+    model = _load_into_lmconv(config, state, src)
+    notes += _difference_notes(info, head, a, weights)
 
     source_sha = file_sha256(src)
     meta = {

@@ -76,7 +76,8 @@ from .checkpoints import (
 )
 from .errors import UserError
 from .io_utils import writer_lock
-from .models.base import AutoregressiveImageModel, ModelConfig, build_model, get_model_class, make_config
+from .models.base import AutoregressiveImageModel, ModelConfig, build_model, get_model_class
+from .configs import make_config
 from .masks import parse_task_masks, training_masks
 from .orders import DEFAULT_SPEC, get_order, observed_first, parse_spec
 from .seeding import generator, stable_seed
@@ -384,7 +385,7 @@ def _trajectory_changes(ts: dict[str, Any], cfg: TrainConfig, world: int) -> lis
 
 
 def _train(cfg: TrainConfig, ctx: D.DistContext, progress: bool) -> Path:
-    from .data import get_dataset_info, load_split
+    from .data import get_dataset_info
 
     info = get_dataset_info(cfg.dataset)
     names = resolve_orders(cfg, info.height, info.width)
@@ -400,223 +401,249 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, progress: bool) -> Path:
 
 
 def _train_locked(cfg: TrainConfig, ctx: D.DistContext, progress: bool, info, names: list[str], mcfg: ModelConfig) -> Path:
-    from .data import load_split
-
     out = D.on_main(check_out_dir, cfg, mcfg)  # again, under the lock
-    families = mcfg.trained_task_masks
-    last_path, best_path, log_path = out / LAST, out / BEST, out / LOG
-    dev, rank, world = ctx.device, ctx.rank, ctx.world_size
+    return _Trainer(cfg, ctx, info, names, mcfg, out).run(progress)
 
-    train_images = load_split(cfg.dataset, "train", cfg.data_root, limit=cfg.train_limit).images
-    test_images = load_split(cfg.dataset, "test", cfg.data_root, limit=cfg.eval_images).images
-    global_batch = cfg.batch_size * world
-    steps_per_epoch = len(train_images) // global_batch
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"{len(train_images)} training images are fewer than one global batch of {global_batch} "
-            f"({cfg.batch_size} per rank x {world} ranks); lower --batch-size or raise --train-limit"
-        )
-    total = min(
-        cfg.max_steps if cfg.max_steps is not None else math.inf,
-        cfg.epochs * steps_per_epoch if cfg.epochs is not None else math.inf,
-    )
-    total = int(total)
-    perms = [get_order(n, info.height, info.width).to(dev) for n in names]
-    eval_perm = perms[0]
 
-    torch.manual_seed(stable_seed(cfg.seed, "init"))
-    model = build_model(mcfg).to(dev)
-    ema_model = copy.deepcopy(model).eval()
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+class _Trainer:
+    """One training run as named steps (see the module docstring): :meth:`setup` (data, orders,
+    model, EMA copy, optimizer), :meth:`resume`, then per step :meth:`batch`, :meth:`draw_order`,
+    :meth:`update` (loss, backward, clip, Adam, EMA), and, on schedule, :meth:`evaluate` and
+    :meth:`save_last`."""
 
-    step, best, best_step, elapsed0, last_saved = 0, math.inf, None, 0.0, None
-    last_test = None
-    if cfg.resume:
-        ts = load_train_state(last_path)
-        if ctx.is_main:  # under the writer lock, after the checkpoint was verified
-            for p in (last_path, best_path):
+    def __init__(self, cfg: TrainConfig, ctx: D.DistContext, info, names: list[str], mcfg: ModelConfig, out: Path):
+        self.cfg, self.ctx, self.info, self.names, self.mcfg = cfg, ctx, info, names, mcfg
+        self.families = mcfg.trained_task_masks
+        self.last_path, self.best_path, self.log_path = out / LAST, out / BEST, out / LOG
+        self.dev = ctx.device
+        self.step, self.best, self.best_step, self.elapsed0, self.last_saved = 0, math.inf, None, 0.0, None
+        self.last_test = None
+        self.epoch_cache: dict[int, Tensor] = {}
+        self.setup()
+        if cfg.resume:
+            self.resume()
+        self.t_start = time.perf_counter()
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from .data import load_split
+
+        cfg, world = self.cfg, self.ctx.world_size
+        self.train_images = load_split(cfg.dataset, "train", cfg.data_root, limit=cfg.train_limit).images
+        self.test_images = load_split(cfg.dataset, "test", cfg.data_root, limit=cfg.eval_images).images
+        self.global_batch = cfg.batch_size * world
+        self.steps_per_epoch = len(self.train_images) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"{len(self.train_images)} training images are fewer than one global batch of {self.global_batch} "
+                f"({cfg.batch_size} per rank x {world} ranks); lower --batch-size or raise --train-limit"
+            )
+        self.total = int(min(
+            cfg.max_steps if cfg.max_steps is not None else math.inf,
+            cfg.epochs * self.steps_per_epoch if cfg.epochs is not None else math.inf,
+        ))
+        self.perms = [get_order(n, self.info.height, self.info.width).to(self.dev) for n in self.names]
+        torch.manual_seed(stable_seed(cfg.seed, "init"))
+        self.model = build_model(self.mcfg).to(self.dev)
+        self.ema_model = copy.deepcopy(self.model).eval()
+        for p in self.ema_model.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.net: torch.nn.Module = self.model
+
+    def resume(self) -> None:
+        ts = load_train_state(self.last_path)
+        if self.ctx.is_main:  # under the writer lock, after the checkpoint was verified
+            for p in (self.last_path, self.best_path):
                 clean_stray_temps(p)
-        load_state_strict(last_path, model, ts["raw_weights"], "raw training weights")
-        load_state_strict(last_path, ema_model, load_weights(last_path, verify=False), "weights")
+        load_state_strict(self.last_path, self.model, ts["raw_weights"], "raw training weights")
+        load_state_strict(self.last_path, self.ema_model, load_weights(self.last_path, verify=False), "weights")
         if ts.get("optimizer") is not None:
-            optimizer.load_state_dict(ts["optimizer"])
-        step = int(ts["step"])
-        best = ts.get("best_test_bpd") if ts.get("best_test_bpd") is not None else math.inf
-        best_step = ts.get("best_step")
-        last_test = ts.get("last_test_bpd")
-        elapsed0 = float(ts.get("elapsed_s", 0.0))
-        last_saved = step
+            self.optimizer.load_state_dict(ts["optimizer"])
+        self.step = int(ts["step"])
+        self.best = ts.get("best_test_bpd") if ts.get("best_test_bpd") is not None else math.inf
+        self.best_step = ts.get("best_step")
+        self.last_test = ts.get("last_test_bpd")
+        self.elapsed0 = float(ts.get("elapsed_s", 0.0))
+        self.last_saved = self.step
         if ts.get("rng", {}).get("torch_cpu"):
             torch.set_rng_state(rng_state_from_str(ts["rng"]["torch_cpu"]))
-        changed = _trajectory_changes(ts, cfg, world)
-        if changed and ctx.is_main:
+        changed = _trajectory_changes(ts, self.cfg, self.ctx.world_size)
+        if changed and self.ctx.is_main:
             warnings.warn(
-                f"resuming {last_path} with changed {'; '.join(changed)}: training continues, "
+                f"resuming {self.last_path} with changed {'; '.join(changed)}: training continues, "
                 "but not exactly as the original run would have",
                 stacklevel=2,
             )
-        if ctx.is_main:
-            _trim_log(log_path, step)
+        if self.ctx.is_main:
+            _trim_log(self.log_path, self.step)
 
-    net: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    # -- small pieces ----------------------------------------------------------------------------
+    def lr_at(self, t: int) -> float:
+        return self.cfg.lr * self.cfg.lr_decay**t
 
-        net = DDP(model, device_ids=[dev] if dev.type == "cuda" else None)
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t_start
 
-    def lr_at(t: int) -> float:
-        return cfg.lr * cfg.lr_decay**t
-
-    t_start = time.perf_counter()
-
-    def elapsed() -> float:
-        return elapsed0 + time.perf_counter() - t_start
-
-    def train_state() -> dict[str, Any]:
+    def train_state(self) -> dict[str, Any]:
+        cfg, step = self.cfg, self.step
         return {
-            "raw_weights": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "raw_weights": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "step": step,
-            "epoch": step / steps_per_epoch,
-            "best_test_bpd": None if not math.isfinite(best) else best,
-            "best_step": best_step,
-            "last_test_bpd": last_test,
-            "scheduler": {"kind": "exponential_per_step", "lr0": cfg.lr, "decay": cfg.lr_decay, "lr": lr_at(step)},
+            "epoch": step / self.steps_per_epoch,
+            "best_test_bpd": None if not math.isfinite(self.best) else self.best,
+            "best_step": self.best_step,
+            "last_test_bpd": self.last_test,
+            "scheduler": {"kind": "exponential_per_step", "lr0": cfg.lr, "decay": cfg.lr_decay, "lr": self.lr_at(step)},
             "ema": {"decay": cfg.ema, "updates": step, "warmup": "min(decay, (1+n)/(10+n))"},
             "data_position": {
-                "epoch": step // steps_per_epoch,
-                "batch_in_epoch": step % steps_per_epoch,
-                "steps_per_epoch": steps_per_epoch,
-                "samples_seen": step * global_batch,
+                "epoch": step // self.steps_per_epoch,
+                "batch_in_epoch": step % self.steps_per_epoch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "samples_seen": step * self.global_batch,
             },
             "rng": {
                 "torch_cpu": rng_state_to_str(torch.get_rng_state()),
-                "cuda": rng_state_to_str(torch.cuda.get_rng_state(dev)) if dev.type == "cuda" else None,
+                "cuda": rng_state_to_str(torch.cuda.get_rng_state(self.dev)) if self.dev.type == "cuda" else None,
                 "note": "every step reseeds from stable_seed(seed, 'dropout', rank, step); these states are informational",
             },
-            "world_size": world,
+            "world_size": self.ctx.world_size,
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
-            "elapsed_s": elapsed(),
+            "elapsed_s": self.elapsed(),
             "train_config": cfg.to_dict(),
         }
 
-    def meta(kind: str) -> dict[str, Any]:
+    def meta(self, kind: str) -> dict[str, Any]:
         return {
             "kind": kind,
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "metrics": {"test_bpd": last_test, "best_test_bpd": None if not math.isfinite(best) else best},
-            "eval": {"images": len(test_images), "split": "test", "order": names[0], "weights": "ema"},
-            "train_config": cfg.to_dict(),
-            "world_size": world,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "metrics": {"test_bpd": self.last_test, "best_test_bpd": None if not math.isfinite(self.best) else self.best},
+            "eval": {"images": len(self.test_images), "split": "test", "order": self.names[0], "weights": "ema"},
+            "train_config": self.cfg.to_dict(),
+            "world_size": self.ctx.world_size,
         }
 
-    def save_last() -> None:
-        nonlocal last_saved
-        hashes = D.all_gather_object(state_sha256(model))
+    def save_last(self) -> None:
+        hashes = D.all_gather_object(state_sha256(self.model))
         if len(set(hashes)) != 1:
-            raise RuntimeError(f"ranks hold different weights at step {step}: {hashes}")
-        if ctx.is_main:
-            m = meta("last")
+            raise RuntimeError(f"ranks hold different weights at step {self.step}: {hashes}")
+        if self.ctx.is_main:
+            m = self.meta("last")
             m["rank_weight_sha256"] = hashes
-            save_checkpoint(last_path, ema_model, m, train_state())
+            save_checkpoint(self.last_path, self.ema_model, m, self.train_state())
         D.barrier()
-        last_saved = step
+        self.last_saved = self.step
 
-    def stop_non_finite(what: str, value: float) -> None:
-        if last_saved is not None:
-            kept = f"last good checkpoint kept at {last_path} (step {last_saved}); lower --lr (was {cfg.lr:g}) and rerun with --resume"
+    def stop_non_finite(self, what: str, value: float) -> None:
+        lr = self.cfg.lr
+        if self.last_saved is not None:
+            kept = (f"last good checkpoint kept at {self.last_path} (step {self.last_saved}); lower --lr (was {lr:g}) "
+                    "and rerun with --resume")
         else:
-            kept = f"no checkpoint was written yet; lower --lr (was {cfg.lr:g}) and rerun with another --out"
-        raise UserError(f"{what} became {'NaN' if math.isnan(value) else 'inf'} at step {step}; {kept}")
+            kept = f"no checkpoint was written yet; lower --lr (was {lr:g}) and rerun with another --out"
+        raise UserError(f"{what} became {'NaN' if math.isnan(value) else 'inf'} at step {self.step}; {kept}")
 
-    def run_eval(loss_avg: float | None) -> float:
-        nonlocal best, best_step, last_test
-        test = evaluate_bpd(ema_model, test_images, eval_perm, cfg.eval_batch_size, dev)
-        last_test = test
-        if ctx.is_main:
-            _append_log(
-                log_path,
-                {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 6),
-                    "loss_bpd": loss_avg,
-                    "test_bpd": test,
-                    "lr": lr_at(step),
-                    "time": round(elapsed(), 3),
-                },
-            )
-        if math.isfinite(test) and test < best:
-            best, best_step = test, step
-            if ctx.is_main:
-                save_checkpoint(best_path, ema_model, meta("best"))
+    def evaluate(self, loss_avg: float | None) -> float:
+        """Test bits/dim of the EMA weights; logged, and the best checkpoint kept."""
+        test = evaluate_bpd(self.ema_model, self.test_images, self.perms[0], self.cfg.eval_batch_size, self.dev)
+        self.last_test = test
+        if self.ctx.is_main:
+            _append_log(self.log_path, {
+                "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 6), "loss_bpd": loss_avg,
+                "test_bpd": test, "lr": self.lr_at(self.step), "time": round(self.elapsed(), 3),
+            })
+        if math.isfinite(test) and test < self.best:
+            self.best, self.best_step = test, self.step
+            if self.ctx.is_main:
+                save_checkpoint(self.best_path, self.ema_model, self.meta("best"))
         return test
 
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    # -- one step ---------------------------------------------------------------------------------
+    def batch(self) -> Tensor:
+        """This rank's images of the step: uint8 ``[batch_size, C, H, W]``."""
+        epoch, pos = divmod(self.step, self.steps_per_epoch)
+        if epoch not in self.epoch_cache:
+            self.epoch_cache.clear()
+            self.epoch_cache[epoch] = torch.randperm(len(self.train_images), generator=generator(self.cfg.seed, "epoch", epoch))
+        lo = pos * self.global_batch + self.ctx.rank * self.cfg.batch_size
+        return self.train_images[self.epoch_cache[epoch][lo: lo + self.cfg.batch_size]].to(self.dev, non_blocking=True)
 
-    epoch_cache: dict[int, Tensor] = {}
-    losses: list[float] = []
-    desc = f"{cfg.model}/{cfg.preset} {cfg.dataset}"
-    model.train()
-    with _Progress(progress and ctx.is_main and step < total, total, step, desc) as bar:
-        if step == 0 and not cfg.resume:
-            t0 = run_eval(None)
-            bar.update(step, test=f"{t0:.3f}")
-        t_speed, s_speed = time.perf_counter(), step
-        while step < total:
-            epoch, pos = divmod(step, steps_per_epoch)
-            if epoch not in epoch_cache:
-                epoch_cache.clear()
-                epoch_cache[epoch] = torch.randperm(len(train_images), generator=generator(cfg.seed, "epoch", epoch))
-            lo = pos * global_batch + rank * cfg.batch_size
-            x = train_images[epoch_cache[epoch][lo : lo + cfg.batch_size]].to(dev, non_blocking=True)
-            k = int(torch.randint(len(perms), (1,), generator=generator(cfg.seed, "order", step)))
-            torch.manual_seed(stable_seed(cfg.seed, "dropout", rank, step))
-            lr = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    def draw_order(self, n_images: int) -> Tensor:
+        """The step's order (one for the global batch), or, on a task-mask step, its
+        ``observed_first`` form under one training mask per image (``[B, H*W]``)."""
+        cfg = self.cfg
+        k = int(torch.randint(len(self.perms), (1,), generator=generator(cfg.seed, "order", self.step)))
+        perm = self.perms[k]
+        if self.families and float(torch.rand(1, generator=generator(cfg.seed, "task_mask_on", self.step))) < cfg.task_mask_prob:
+            masks = training_masks(self.families, self.info.height, self.info.width, self.step,
+                                   self.ctx.rank * cfg.batch_size, n_images, cfg.seed)
+            perm = observed_first(perm, masks.to(self.dev))
+        return perm
 
-            perm = perms[k]
-            if families and float(torch.rand(1, generator=generator(cfg.seed, "task_mask_on", step))) < cfg.task_mask_prob:
-                masks = training_masks(families, info.height, info.width, step, rank * cfg.batch_size, len(x), cfg.seed)
-                perm = observed_first(perm, masks.to(dev))
-            loss = batch_loss_bpd(net, model, x, perm)
-            loss_value = float(D.all_reduce_mean(loss.detach()))
-            if not math.isfinite(loss_value):
-                stop_non_finite("loss", loss_value)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = cfg.grad_clip if cfg.grad_clip else math.inf
-            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            if not math.isfinite(gnorm):
-                stop_non_finite("gradient norm", gnorm)
-            optimizer.step()
-            step += 1
-            ema_update(ema_model, model, ema_decay(cfg.ema, step))
-            losses.append(loss_value)
+    def update(self, x: Tensor, perm: Tensor) -> float:
+        """Loss (bits/dim, mean over ranks), backward, clipping, Adam, EMA; returns the loss."""
+        torch.manual_seed(stable_seed(self.cfg.seed, "dropout", self.ctx.rank, self.step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        loss = batch_loss_bpd(self.net, self.model, x, perm)
+        loss_value = float(D.all_reduce_mean(loss.detach()))
+        if not math.isfinite(loss_value):
+            self.stop_non_finite("loss", loss_value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip else math.inf
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(gnorm):
+            self.stop_non_finite("gradient norm", gnorm)
+        self.optimizer.step()
+        self.step += 1
+        ema_update(self.ema_model, self.model, ema_decay(self.cfg.ema, self.step))
+        return loss_value
 
-            if step % 10 == 0 or step == total:
-                now = time.perf_counter()
-                speed = (step - s_speed) / max(now - t_speed, 1e-9)
-                t_speed, s_speed = now, step
-                bar.update(step, loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", speed=f"{speed:.2f}")
-            is_eval = step % cfg.eval_every == 0 or step == total
-            is_ckpt = step % cfg.checkpoint_every == 0 or step == total
-            if is_eval or is_ckpt:
-                if not (_finite_state(model) and _finite_state(ema_model)):
-                    stop_non_finite("weights", math.nan)
-            if is_eval:
-                avg = sum(losses) / len(losses) if losses else None
-                losses = []
-                test = run_eval(avg)
-                bar.update(step, test=f"{test:.3f}")
-            if is_ckpt:
-                save_last()
-    return last_path
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, progress: bool) -> Path:
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.dev] if self.dev.type == "cuda" else None)
+        if ctx.is_main:
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
+        losses: list[float] = []
+        self.model.train()
+        desc = f"{cfg.model}/{cfg.preset} {cfg.dataset}"
+        with _Progress(progress and ctx.is_main and self.step < self.total, self.total, self.step, desc) as bar:
+            if self.step == 0 and not cfg.resume:
+                bar.update(self.step, test=f"{self.evaluate(None):.3f}")
+            t_speed, s_speed = time.perf_counter(), self.step
+            while self.step < self.total:
+                x = self.batch()
+                losses.append(self.update(x, self.draw_order(len(x))))
+                if self.step % 10 == 0 or self.step == self.total:
+                    now = time.perf_counter()
+                    speed = (self.step - s_speed) / max(now - t_speed, 1e-9)
+                    t_speed, s_speed = now, self.step
+                    bar.update(self.step, loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", speed=f"{speed:.2f}")
+                self.on_schedule(losses, bar)
+        return self.last_path
+
+    def on_schedule(self, losses: list[float], bar) -> None:
+        """Evaluation and checkpoint writes that are due after this step (``losses`` is emptied at
+        each evaluation)."""
+        step, cfg = self.step, self.cfg
+        is_eval = step % cfg.eval_every == 0 or step == self.total
+        is_ckpt = step % cfg.checkpoint_every == 0 or step == self.total
+        if (is_eval or is_ckpt) and not (_finite_state(self.model) and _finite_state(self.ema_model)):
+            self.stop_non_finite("weights", math.nan)
+        if is_eval:
+            avg = sum(losses) / len(losses) if losses else None
+            losses.clear()
+            bar.update(step, test=f"{self.evaluate(avg):.3f}")
+        if is_ckpt:
+            self.save_last()
 
 
 # ------------------------------------------------------------------------------ __main__

@@ -21,7 +21,8 @@ import torch
 
 from lmconv_bench import cli
 from lmconv_bench.checkpoints import save_checkpoint
-from lmconv_bench.models.base import build_model, make_config
+from lmconv_bench.models.base import build_model
+from lmconv_bench.configs import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

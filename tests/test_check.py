@@ -117,7 +117,8 @@ def test_publish_writes_weights_and_a_card_with_independently_checked_bpd(tmp_pa
     from lmconv_bench import orders as O
     from lmconv_bench.data import load_split
     from lmconv_bench.io_utils import file_sha256
-    from lmconv_bench.models.base import build_model, make_config
+    from lmconv_bench.models.base import build_model
+    from lmconv_bench.configs import make_config
     from lmconv_bench.publish import publish
 
     src, ref_dir = tmp_path / "train", tmp_path / "reference"

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from lmconv_bench import checkpoints as C
 from lmconv_bench.errors import UserError
-from lmconv_bench.models.base import build_model, make_config
+from lmconv_bench.models.base import build_model
+from lmconv_bench.configs import make_config
 from lmconv_bench.orders import get_order
 
 MODELS = ["lmconv", "pixelcnnpp"]

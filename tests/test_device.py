@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lmconv_bench.masks import make_masks
-from lmconv_bench.models.base import build_model, make_config
+from lmconv_bench.models.base import build_model
+from lmconv_bench.configs import make_config
 from lmconv_bench.models.layers import conv_mask, lmconv2d, lmconv2d_reference
 from lmconv_bench.orders import get_order, observed_first
 

@@ -15,7 +15,8 @@ from lmconv_bench.coverage import in_training_distribution, layer_signatures, tr
 from lmconv_bench.errors import UserError
 from lmconv_bench.findings import build_findings
 from lmconv_bench.masks import make_masks, parse_task_masks, training_masks
-from lmconv_bench.models.base import build_model, make_config
+from lmconv_bench.models.base import build_model
+from lmconv_bench.configs import make_config
 
 
 # ------------------------------------------------------------------------------ coverage

@@ -26,7 +26,7 @@ from lmconv_bench.import_official import (
     import_official,
     orders_from_args,
 )
-from lmconv_bench.models.base import make_config
+from lmconv_bench.configs import make_config
 from lmconv_bench.models.lmconv import LMConv
 from lmconv_bench.orders import get_order
 

@@ -7,7 +7,8 @@ import torch
 from torch.testing import assert_close
 
 from lmconv_bench.errors import UserError
-from lmconv_bench.models.base import ModelConfig, build_model, make_config
+from lmconv_bench.models.base import ModelConfig, build_model
+from lmconv_bench.configs import make_config
 from lmconv_bench.models.lmconv import PRESETS, LMConv
 from lmconv_bench.orders import BASE_ORDERS, get_order, kernel_masks, ranks
 

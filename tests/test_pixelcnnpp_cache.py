@@ -13,7 +13,8 @@ from torch.nn.utils import parametrize
 from lmconv_bench.baselines.pixelcnnpp import PRESETS, PixelCNNPP
 from lmconv_bench.errors import UserError
 from lmconv_bench.masks import make_masks
-from lmconv_bench.models.base import ModelConfig, build_model, make_config
+from lmconv_bench.models.base import ModelConfig, build_model
+from lmconv_bench.configs import make_config
 from lmconv_bench.orders import get_order
 
 

@@ -18,10 +18,12 @@ from lmconv_bench.checkpoints import save_checkpoint
 from lmconv_bench.data import to_model_range
 from lmconv_bench.errors import UserError
 from lmconv_bench.masks import make_masks
-from lmconv_bench.models.base import ModelConfig, make_config
+from lmconv_bench.models.base import ModelConfig
+from lmconv_bench.configs import make_config
 from lmconv_bench.models.lmconv import PRESETS, LMConv
 from lmconv_bench.orders import get_order, is_observed_first, observed_first
-from lmconv_bench.sampling import _StepNet, cached_complete, sample_grid
+from lmconv_bench.figures import sample_grid
+from lmconv_bench.models.lmconv_cache import _StepNet, cached_complete
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

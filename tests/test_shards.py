@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lmconv_bench.checkpoints import save_checkpoint
-from lmconv_bench.models.base import build_model, make_config
+from lmconv_bench.models.base import build_model
+from lmconv_bench.configs import make_config
 
 pytestmark = pytest.mark.slow
 

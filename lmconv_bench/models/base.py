@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError, unknown
+from ..pixels import to_model_range
 from ..seeding import generator
 
 ENTRY_POINT_GROUP = "lmconv_bench.models"
@@ -112,15 +113,8 @@ class AutoregressiveImageModel(nn.Module):
     config: ModelConfig
     fixed_order: str | None = None
 
-    @classmethod
-    def from_checkpoint(cls, path, map_location="cpu", **kwargs):
-        """Load a model saved by ``checkpoints.save_checkpoint`` (evaluation weights, eval mode)."""
-        from ..checkpoints import from_checkpoint
-
-        return from_checkpoint(cls, path, map_location=map_location, **kwargs)
-
     def forward(self, x: Tensor, orders: Orders) -> Tensor:  # pragma: no cover - abstract
-        """x: float ``[B, C, H, W]`` in ``[-1, 1]`` (see ``data.to_model_range``); returns the
+        """x: float ``[B, C, H, W]`` in ``[-1, 1]`` (see ``pixels.to_model_range``); returns the
         head's parameters, float ``[B, head.n_params, H, W]``; position p depends only on pixels
         strictly earlier than p in the order."""
         raise NotImplementedError
@@ -135,8 +129,6 @@ class AutoregressiveImageModel(nn.Module):
         Returns:
             float ``[B, H, W]`` in nats (sum over a region for its joint log-probability).
         """
-        from ..data import to_model_range
-
         params = self(to_model_range(x, self.config.n_bits).to(self.dtype_), orders)
         return self.head.log_prob(params, x)
 
@@ -209,8 +201,6 @@ def naive_complete(
     cost: Cost | None = None,
 ) -> Tensor:
     """Reference completion: one full forward pass per generation step (see ``complete``)."""
-    from ..data import to_model_range
-
     b, _, h, w = x.shape
     n = h * w
     perm = orders if orders.dim() == 2 else orders.expand(b, n)
@@ -261,10 +251,10 @@ def register_model(name: str, presets: dict[str, dict[str, Any]] | None = None):
 
 
 def _load_builtin_and_entry_points() -> None:
+    """Import every module of the entry-point group (the built-in ``lmconv`` and ``pixelcnnpp``
+    are entry points of this package too, see pyproject.toml), which registers their models.
+    This module never imports a model module itself, so the interface depends on no model."""
     global _entry_points_loaded
-    from . import lmconv  # noqa: F401  (registers "lmconv")
-    from ..baselines import pixelcnnpp  # noqa: F401  (registers "pixelcnnpp")
-
     if not _entry_points_loaded:
         _entry_points_loaded = True
         from importlib.metadata import entry_points
@@ -293,51 +283,3 @@ def presets(model: str) -> dict[str, dict[str, Any]]:
 def build_model(config: ModelConfig) -> AutoregressiveImageModel:
     """Instantiate a registered model from its config (fresh random weights)."""
     return get_model_class(config.model)(config)
-
-
-def make_config(
-    model: str,
-    preset: str,
-    dataset: str,
-    trained_orders: tuple[str, ...] | list[str] = (),
-    **arch_overrides: Any,
-) -> ModelConfig:
-    """Build a :class:`ModelConfig` for ``model`` at ``preset`` on ``dataset``.
-
-    Image shape and ``n_bits`` come from the dataset registry; the head is ``"bernoulli"`` for
-    1-bit data and ``"logistic_mixture"`` otherwise. ``arch_overrides`` replace preset entries.
-    """
-    from ..data import get_dataset_info
-
-    info = get_dataset_info(dataset)
-    table = presets(model)
-    if preset not in table:
-        raise unknown(f"preset for model {model!r}", preset, table)
-    arch = {**table[preset], **arch_overrides}
-    return ModelConfig(
-        model=model,
-        preset=preset,
-        dataset=dataset,
-        channels=info.channels,
-        height=info.height,
-        width=info.width,
-        n_bits=info.n_bits,
-        head="bernoulli" if info.n_bits == 1 else "logistic_mixture",
-        arch=arch,
-        trained_orders=tuple(trained_orders),
-    )
-
-
-def model_parameter_counts(datasets: list[str], include_paper: bool = True) -> list[dict[str, Any]]:
-    """``[{"model", "preset", "dataset", "n_params"}]`` for every registered model and preset
-    (``paper`` presets only with ``include_paper``), built with random weights on CPU."""
-    rows = []
-    for name in model_names():
-        for preset in presets(name):
-            if preset == "paper" and not include_paper:
-                continue
-            for ds in datasets:
-                net = build_model(make_config(name, preset, ds, trained_orders=["raster/0"]))
-                rows.append({"model": name, "preset": preset, "dataset": ds,
-                             "n_params": sum(p.numel() for p in net.parameters())})
-    return rows

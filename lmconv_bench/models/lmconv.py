@@ -205,9 +205,9 @@ class LMConv(AutoregressiveImageModel):
     ) -> Tensor:
         """As :meth:`AutoregressiveImageModel.complete`; ``sampler``: ``"naive"`` (one full pass
         per step) or ``"cached"`` (the same samples for about one forward pass of work, any order;
-        see :mod:`lmconv_bench.sampling`)."""
+        see :mod:`lmconv_bench.models.lmconv_cache`)."""
         if sampler == "cached":
-            from ..sampling import cached_complete
+            from .lmconv_cache import cached_complete
 
             return cached_complete(self, x, missing, orders, seeds, temperature, progress, cost=cost)
         if sampler != "naive":

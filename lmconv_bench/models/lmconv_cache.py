@@ -65,23 +65,21 @@ changes nothing in the results: each image's noise depends only on its own seed)
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import to_model_range
-from .errors import UserError
-from .models.base import Orders, naive_complete, pixel_generators
-from .models.layers import LocallyMaskedConv2d, concat_elu
-from .orders import kernel_masks, ranks
+from ..errors import UserError
+from ..orders import kernel_masks, ranks
+from ..pixels import to_model_range
+from .base import Orders, naive_complete, pixel_generators
+from .layers import LocallyMaskedConv2d, concat_elu
 
-__all__ = ["CACHE_BYTES", "cached_complete", "naive_complete", "sample_grid", "cache_bytes_per_image"]
+__all__ = ["CACHE_BYTES", "cached_complete", "naive_complete", "cache_bytes_per_image"]
 
 CACHE_BYTES = 1 << 30
 """Memory budget (bytes) for the activation caches of one chunk of images in
@@ -456,70 +454,3 @@ def _complete_chunk(model, x, missing, orders, seeds, temperature, progress, thr
             if progress is not None:
                 progress(1)
     return out
-
-
-# ------------------------------------------------------------------------------ sample grids
-def sample_grid(
-    checkpoint: str | Path,
-    order: str = "s_curve/0",
-    n: int = 64,
-    temperature: float = 1.0,
-    seed: int = 0,
-    out_png: str | Path = "samples.png",
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    log: Callable[[str], None] | None = None,
-) -> Tensor:
-    """Unconditional samples of a checkpoint, written as one grid PNG.
-
-    Every pixel is missing and sampled with ``complete(..., sampler="cached")``; image ``i`` uses
-    seed ``stable_seed(seed, "sample", i)``, so the images do not depend on ``batch_size``.
-
-    Args:
-        checkpoint: a ``.safetensors`` checkpoint (lmconv or pixelcnnpp).
-        order: order name (``"s_curve/0"``); fixed-order models (pixelcnnpp: ``raster/0``) use
-            their own order and say so through ``log`` when another one was asked for.
-        n: number of images (>= 1); temperature: > 0.
-        out_png: the PNG to write (atomically); the grid has ``ceil(sqrt(n))`` images per row.
-        batch_size: images completed at once (>= 1).
-        device: where the model runs.
-    Returns:
-        uint8 ``[n, C, H, W]``, the samples.
-    """
-    from torchvision.utils import make_grid, save_image
-
-    from .checkpoints import load_checkpoint
-    from .io_utils import atomic_write_bytes, check_writable
-    from .orders import canonical_name, check_size, get_order
-    from .seeding import stable_seed
-
-    if int(n) < 1:
-        raise UserError(f"--n must be at least 1, got {n}")
-    if int(batch_size) < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
-    if not (float(temperature) > 0 and math.isfinite(float(temperature))):
-        raise UserError(f"temperature must be a positive finite number, got {temperature}")
-    out_png = check_writable(out_png)
-    model, _ = load_checkpoint(checkpoint, map_location=device)
-    cfg = model.config
-    name = canonical_name(order)
-    if model.fixed_order is not None and name != model.fixed_order:
-        if log is not None:
-            log(f"{cfg.model} samples only in {model.fixed_order} order; ignoring --order {name}")
-        name = model.fixed_order
-    check_size(name, cfg.height, cfg.width)
-    perm = get_order(name, cfg.height, cfg.width).to(device)
-    shape = (cfg.channels, cfg.height, cfg.width)
-    images = []
-    for s in range(0, int(n), int(batch_size)):
-        ids = range(s, min(int(n), s + int(batch_size)))
-        x = torch.zeros(len(ids), *shape, dtype=torch.uint8, device=device)
-        missing = torch.ones(len(ids), cfg.height, cfg.width, dtype=torch.bool, device=device)
-        seeds = torch.tensor([stable_seed(seed, "sample", i) for i in ids], dtype=torch.long)
-        images.append(model.complete(x, missing, perm, seeds, temperature=temperature, sampler="cached").cpu())
-    samples = torch.cat(images)
-    grid = make_grid(samples.float() / (2**cfg.n_bits - 1), nrow=math.ceil(math.sqrt(len(samples))), padding=2)
-    buf = io.BytesIO()
-    save_image(grid, buf, format="png")
-    atomic_write_bytes(out_png, buf.getvalue())
-    return samples
