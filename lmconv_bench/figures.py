@@ -64,33 +64,48 @@ def completion_grids(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     return written
 
 
-def nll_per_order_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
-    """Conditional NLL (bits/dim, ± stderr) per order, one panel per task."""
+def nll_per_order_plot(df: pd.DataFrame, out_dir: Path, max_px: int = 2000) -> Path | None:
+    """Conditional NLL (bits/dim, ± stderr across images) per order: one panel per task, at most
+    3 panels per row, bars coloured by model (legend) and labelled by order, the effective
+    (observed-first) values only. The PNG's long side is at most ``max_px`` pixels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     d = df[df["metric"] == "cond_nll_bpd"]
+    if "context" in d.columns:  # drop the as-is companions: one bar per model and order
+        d = d.sort_values("context").drop_duplicates(["task", "checkpoint_sha256", "order"], keep="first")
     if d.empty:
         return None
+    names = d["model_label"] if "model_label" in d.columns else d["model"]
+    d = d.assign(name=names.fillna(d["model"]).astype(str))
     tasks = sorted(d["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4, 0.25 * d["order"].nunique() + 2) * len(tasks), 3.6),
-                             squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        g = d[d["task"] == task].drop_duplicates(["model", "order"])
-        labels = [f"{m} {o}" for m, o in zip(g["model"], g["order"])]
-        colors = ["tab:orange" if m != "lmconv" else "tab:blue" for m in g["model"]]
-        ax.bar(range(len(g)), g["value"], yerr=g["stderr"].fillna(0), color=colors)
+    models = list(dict.fromkeys(d.sort_values("name")["name"]))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    n_bars = int(d.groupby("task").size().max())
+    dpi = 100
+    width = min(max_px / dpi, cols * max(4.0, 0.22 * n_bars + 1.5))
+    height = min(max_px / dpi, rows * 3.6 + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks):
+        g = d[d["task"] == task].sort_values(["name", "order"])
+        ax.bar(range(len(g)), g["value"], yerr=g["stderr"].fillna(0), color=[colors[m] for m in g["name"]])
         ax.set_xticks(range(len(g)))
-        ax.set_xticklabels(labels, rotation=90, fontsize=6)
-        ax.set_ylabel("cond. NLL (bits/dim)")
-        ax.set_title(task, fontsize=9)
+        ax.set_xticklabels([str(o).replace("ensemble(", "ens(") for o in g["order"]], rotation=90, fontsize=7)
+        ax.set_ylabel("cond. NLL (bits/dim)", fontsize=8)
+        ax.set_title(task, fontsize=10)
         lo = float((g["value"] - g["stderr"].fillna(0)).min())
         ax.set_ylim(bottom=max(0.0, lo * 0.9))
-    fig.tight_layout()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[m]) for m in models]
+    fig.legend(handles, models, loc="lower center", ncol=min(3, len(models)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if len(models) <= 3 else 0.1, 1, 1))
     path = out_dir / "cond_nll_per_order.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
