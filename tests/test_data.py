@@ -169,7 +169,7 @@ def test_mnist_binary_is_fixed(data_root):
 
 
 def test_cifar10_test_split(data_root, recwarn):
-    official = data._cifar_md5_ok(data_root, "test")  # the shared copy is re-packed: md5 differs
+    official = data.cifar10._cifar_md5_ok(data_root, "test")  # the shared copy is re-packed: md5 differs
     clear_caches()
     s = load_split("cifar10", "test", data_root)
     load_split("cifar10", "test", data_root, limit=3)
@@ -280,7 +280,7 @@ def test_celeba_cache_and_skips(data_root, tmp_path, monkeypatch):
     def no_decode(*a, **k):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(data, "_celeba_process", no_decode)
+    monkeypatch.setattr(data.celeba, "_celeba_process", no_decode)
     with pytest.warns(DataWarning):
         again = load_split("celeba32", "test", root)
         s64 = load_split("celeba64", "test", root)  # same cache file serves both sizes

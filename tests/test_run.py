@@ -56,7 +56,7 @@ def test_full_run_writes_every_metric_and_report(checkpoints, tmp_path):
          "--checkpoint", pc, "--out", out, "--no-progress", check=True)
     df = _records(out)
     lmc = df[df.model == "lmconv"]
-    assert set(lmc.metric) == {"test_bpd", "cond_nll_bpd", "lpips", "fid", "kid"}
+    assert set(lmc.metric) == {"test_bpd", "cond_nll_bpd", "context_gain_bpd", "lpips", "fid", "kid"}
     assert set(lmc.order) == {f"s_curve/{k}" for k in range(8)} | {"ensemble(s_curve)"}
     assert set(df[df.model == "pixelcnnpp"].order) == {"raster/0"}
     assert (df.n[df.metric.isin(["test_bpd", "cond_nll_bpd", "lpips"])] == 32).all()

@@ -43,7 +43,9 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(mod, is_pkg, node)
-                targets = [f"{base}.{a.name}" for a in node.names] + [base]
+                subs = [f"{base}.{a.name}" for a in node.names]
+                # `from pkg import submodule` depends on the submodule; `from m import name` on m
+                targets = subs + ([base] if any(t not in mods for t in subs) else [])
             for t in targets:
                 while t and t not in mods:
                     t = t.rpartition(".")[0]
