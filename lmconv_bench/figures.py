@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def completion_grids(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         rows = [("ground truth", truth), ("masked input", _masked(truth, first["missing"].astype(bool)))]
         rows += [(str(d["label"]), _to_rgb(d["completion"], n_bits)) for d in items[:14]]
         n = truth.shape[0]
-        fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.6, 1.1 * len(rows)), squeeze=False)
+        fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 2.6, 1.1 * len(rows)), squeeze=False)
         for i, (name, imgs) in enumerate(rows):
             for j in range(n):
                 ax = axes[i, j]
@@ -54,7 +55,7 @@ def completion_grids(run_dirs: list[Path], out_dir: Path) -> list[Path]:
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if j == 0:
-                    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+                    ax.set_ylabel("\n".join(textwrap.wrap(name, 30)), rotation=0, ha="right", va="center", fontsize=7)
         fig.suptitle(f"{task}: completions (sample 0)", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"completions_{task}.png"
