@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .common import _LOCATION_HINT, _inspect_file_splits, _Split, _warn_once
+from .common import _LOCATION_HINT, _inspect_file_splits, _Split, _warn_once, torchvision_download
 
 # --------------------------------------------------------------------------------------------
 
@@ -143,15 +143,7 @@ def _cifar_download(root: Path, split: str) -> None:
         return  # present (official or re-packed): never overwrite
     from torchvision.datasets import CIFAR10
 
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        CIFAR10(str(root), train=(split == "train"), download=True)
-    except Exception as exc:
-        raise UserError(
-            f"CIFAR-10 download into {root / _CIFAR_DIR} failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the network and that the "
-            "directory is writable"
-        ) from exc
+    torchvision_download(CIFAR10, root, split, "CIFAR-10", root / _CIFAR_DIR)
 
 
 def _cifar_inspect(name: str, root: Path, verify: bool) -> dict:

@@ -237,3 +237,17 @@ def _report(
 
 def _status(present: list[bool]) -> str:
     return "found" if all(present) else ("partial" if any(present) else "missing")
+
+
+def torchvision_download(dataset_cls, root: Path, split: str, label: str, where: Path, hint: str = "") -> None:
+    """Download one split with a torchvision dataset class (``MNIST``, ``CIFAR10``) into ``root``;
+    a failure becomes one UserError naming ``label``, the folder ``where`` and the fix."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        dataset_cls(str(root), train=(split == "train"), download=True)
+    except Exception as exc:
+        raise UserError(
+            f"{label} download into {where} failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the network and that the "
+            f"directory is writable{hint}"
+        ) from exc

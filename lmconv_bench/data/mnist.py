@@ -9,7 +9,7 @@ import torch
 
 from ..errors import UserError
 from ..seeding import stable_seed
-from .common import _LOCATION_HINT, _inspect_file_splits, _Split
+from .common import _LOCATION_HINT, _inspect_file_splits, _Split, torchvision_download
 
 # --------------------------------------------------------------------------------------------
 
@@ -63,15 +63,7 @@ def _mnist_download(root: Path, split: str) -> None:
         return
     from torchvision.datasets import MNIST
 
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        MNIST(str(root), train=(split == "train"), download=True)
-    except Exception as exc:
-        raise UserError(
-            f"MNIST download into {_mnist_dir(root)} failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the network and that the "
-            "directory is writable, or place the IDX files there yourself"
-        ) from exc
+    torchvision_download(MNIST, root, split, "MNIST", _mnist_dir(root), ", or place the IDX files there yourself")
 
 
 def _idx_count(path: Path) -> int | None:
