@@ -208,7 +208,7 @@ def _orders_spec(ref: Reference) -> str:
     from .models.base import get_model_class
 
     rows = ref.records
-    from .evaluate import is_single_order_label
+    from .cells.model_entry import is_single_order_label
 
     any_order = [m for m in rows["model"].unique() if get_model_class(str(m)).fixed_order is None]
     rows_any = rows[rows["model"].isin(any_order)]

@@ -293,7 +293,7 @@ def run_cmd(
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Checkpoint(s) to evaluate; repeat the option for several. Default: the reference checkpoints for the task's dataset.")] = None,
     profile: Annotated[str, typer.Option("--profile", help="quick (few images, small FID reference; not comparable to published numbers) or full (whole split).")] = "quick",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N image ids (overrides the profile's image count).")] = None,
-    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma list of metrics: test_bpd, cond_nll_bpd, lpips, fid, kid (default: the task's).")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma list of metrics: test_bpd, cond_nll_bpd, lpips, fid, kid, psnr, ssim, l1_hole, diversity (needs --samples >= 2) (default: the task's).")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Completions per image (K).")] = 1,
     sampler: Annotated[str, typer.Option("--sampler", help="Completion sampler: cached (exact, about one forward pass of work per completion) or naive (one full network pass per missing pixel; for comparison).")] = "cached",
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (1 = the model's distribution).")] = 1.0,

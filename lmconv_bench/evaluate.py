@@ -32,17 +32,20 @@ import torch
 
 from . import distributed as dist
 from . import orders as O
+from .cells.completion import completion_rows, completions, per_image_work, save_examples
+from .cells.fidelity import fidelity_rows, reference_features
+from .cells.likelihood import cell_nats, ensemble_nats, likelihood_rows, likelihoods, nats_arrays
+from .cells.model_entry import Effective, ModelEntry, context_of, effective_order, plain_order
+from .cells.rows import RowMaker
 from .config import COMPLETION_METRICS, METRICS, TaskConfig, resolve_tasks
-from .coverage import in_training_distribution, trained_coverage
 from .data import ImageSet, get_dataset_info, load_split
 from .errors import UserError, unknown
 from .masks import make_masks
 from .models.base import Cost
 from .progress import console, progress_bar
-from .records import METRIC_UNITS, RunDir, cell_key
+from .records import RunDir, cell_key
 from .seeding import stable_seed
 
-LN2 = math.log(2.0)
 SAMPLERS = ("cached", "naive")
 RESULTS_SCHEMA = 2
 """Version of what a run directory's cells and records hold; part of the resume hash, so a run
@@ -115,164 +118,7 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"--shard must be I/N with 0 <= I < N, got {cfg.shard[0]}/{cfg.shard[1]}")
 
 
-# ------------------------------------------------------------------------------ per-image work
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-@torch.no_grad()
-def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.Tensor,
-                cond_perms: torch.Tensor, batch_size: int, device, costs=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image log-likelihoods in nats (float64 numpy [N] each).
-
-    Returns ``(joint, cond, preceding)``: ``joint`` = log p(x) under ``perm``; ``cond`` = log p of
-    the missing pixels under ``cond_perms`` ([N, H*W], one order per image) = log p(x_miss | x_obs)
-    when the order is observed-first; ``preceding`` = log p of the missing pixels under ``perm``
-    itself (each sees only the pixels before it), taken from the joint pass at no extra cost.
-    When ``cond_perms`` equals ``perm`` for every image, the second pass is skipped.
-    ``costs``: optional ``(joint_cost, cond_cost)`` :class:`~lmconv_bench.models.base.Cost` s to
-    which each forward pass is added (the conditional one gets the joint pass when it reuses it).
-    """
-    joint, cond, preceding = [], [], []
-    same = bool((cond_perms == perm.expand_as(cond_perms)).all())
-    for sl in _batches(len(images), batch_size):
-        x = images[sl].to(device)
-        miss = missing[sl].to(device)
-        lp = model.log_prob(x, perm.to(device)).double()
-        joint.append(lp.flatten(1).sum(1).cpu())
-        preceding.append((lp * miss).flatten(1).sum(1).cpu())
-        lpc = lp if same else model.log_prob(x, cond_perms[sl].to(device)).double()
-        cond.append((lpc * miss).flatten(1).sum(1).cpu())
-        if costs is not None:
-            costs[0].add(1, len(x))
-            costs[1].add(1, len(x))
-    return torch.cat(joint).numpy(), torch.cat(cond).numpy(), torch.cat(preceding).numpy()
-
-
-@torch.no_grad()
-def completions(model, images, missing, cond_perms, seeds, cfg: RunConfig, device, advance, cost=None) -> torch.Tensor:
-    """Complete every image once per seed column: uint8 [N, K, C, H, W]; the samplers add their
-    work to ``cost`` (a :class:`~lmconv_bench.models.base.Cost`), if given."""
-    out = []
-    for sl in _batches(len(images), cfg.batch_size):
-        ks = []
-        for k in range(seeds.shape[1]):
-            done = model.complete(
-                images[sl].to(device), missing[sl].to(device), cond_perms[sl].to(device), seeds[sl, k],
-                temperature=cfg.temperature, sampler=cfg.sampler, cost=cost,
-            )
-            ks.append(done.cpu())
-            advance(sl.stop - sl.start)
-        out.append(torch.stack(ks, 1))
-    return torch.cat(out)
-
-
 # ------------------------------------------------------------------------------ grid
-@dataclass
-class ModelEntry:
-    """One loaded checkpoint of a run.
-
-    ``trained``: its trained orders; ``task_masks``: its ``trained_task_masks``; ``n_params``: its
-    parameter count; ``label``: what tables call it (family, preset, training orders, size).
-    """
-
-    path: str
-    model: Any
-    sha256: str
-    name: str  # registry name
-    preset: str
-    trained: tuple[str, ...]
-    task_masks: tuple[str, ...] = ()
-    n_params: int = 0
-
-    @property
-    def single_order(self) -> bool:
-        """An any-order network trained on one plain order only (the fixed-order control); it is
-        evaluated under that order alone, as it is (no observed-first reordering)."""
-        return not self.model.fixed_order and len(self.trained) == 1 and not self.task_masks
-
-    @property
-    def label(self) -> str:
-        c = self.model.config
-        return model_label(self.name, self.preset, self.trained, self.task_masks, self.n_params, c.height, c.width)
-
-
-def model_label(name: str, preset: str, trained: tuple[str, ...], task_masks: tuple[str, ...], n_params: int,
-                height: int, width: int) -> str:
-    """``lmconv-small [s_curve+center_last, task masks] 468k``: family-preset, training orders
-    (family names where every variant of the family was trained), whether task masks were, and
-    the parameter count in thousands."""
-    fams = list(dict.fromkeys(o.split("/")[0] for o in trained))
-    whole = all(set(O.parse_spec(f, height, width)) <= set(trained) for f in fams)
-    what = "+".join(fams) if whole else "+".join(trained)
-    if task_masks:
-        what += ", task masks"
-    return f"{name}-{preset} [{what}] {round(n_params / 1000)}k"
-
-
-def is_single_order_label(label: str) -> bool:
-    """Whether a :func:`model_label` names a model trained on one plain order (a control)."""
-    import re
-
-    m = re.search(r"\[([^\]]*)\]", label)
-    return bool(m) and "/" in m.group(1) and "+" not in m.group(1) and "task masks" not in m.group(1)
-
-
-@dataclass(frozen=True)
-class Effective:
-    """The order a cell actually runs, and what the checkpoint knows of it.
-
-    ``name``: ``observed_first(<order>)`` where the order was reordered, else the order's name;
-    ``perms``: long ``[N, H*W]``, one per image; ``trained``: it is a trained order (see
-    ``coverage.in_training_distribution``); ``coverage``: ``coverage.trained_coverage``.
-    """
-
-    name: str
-    perms: torch.Tensor
-    trained: bool
-    coverage: float
-
-
-def diversity(samples: torch.Tensor, n_bits: int) -> float:
-    """Mean pairwise LPIPS between the K completions ``[K, C, H, W]`` of one image (K >= 2)."""
-    from .metrics.perceptual import lpips_distance
-
-    pairs = [(a, b) for a in range(len(samples)) for b in range(a + 1, len(samples))]
-    ia, ib = (torch.tensor(p) for p in zip(*pairs))
-    return float(lpips_distance(samples[ia], samples[ib], n_bits=n_bits).mean())
-
-
-def _nats_arrays(nats: dict[str, Any]) -> dict[str, Any]:
-    """A likelihood cell's stored nats with its per-image lists as float arrays."""
-    return {k: np.asarray(v) if k in ("joint", "cond", "preceding", "n_miss") else v for k, v in nats.items()}
-
-
-def _context(perms: torch.Tensor, missing: torch.Tensor) -> str:
-    return "all_observed" if bool(O.is_observed_first(perms, missing).all()) else "preceding_only"
-
-
-def _row(base: dict, metric: str, value: float, n: int, stderr=float("nan"), lo=float("nan"), hi=float("nan"), **kw):
-    return {**base, "metric": metric, "value": float(value), "unit": METRIC_UNITS[metric], "n": int(n),
-            "stderr": float(stderr), "ci_low": float(lo), "ci_high": float(hi), "nfe": float("nan"),
-            "wall_s": float("nan"), **kw}
-
-
-def _summary_row(base, metric, per_image: np.ndarray, seed: int, **kw):
-    from .metrics.stats import summarize
-
-    values = np.asarray(per_image, dtype=np.float64)
-    if not np.isfinite(values).all():
-        n_bad = int((~np.isfinite(values)).sum())
-        raise UserError(
-            f"{metric} of {base.get('model_label', base['model'])} {base['order']} on task {base['task']} is NaN or "
-            f"infinite for {n_bad} of {len(values)} images (a degenerate mask or a broken checkpoint); "
-            "check the task's mask parameters and the checkpoint"
-        )
-    s = summarize(values, seed=seed)
-    return _row(base, metric, s["mean"], s["n"], s["stderr"], s["ci_low"], s["ci_high"], **kw)
-
-
 def command_line(argv: list[str]) -> str:
     """The command as a user would type it: ``lmconv-bench ...`` rather than the script's full path."""
     import shlex
@@ -450,47 +296,27 @@ class Grid:
                 self._ensemble_cell(task, entry, names, data, nats)
         return data.ids
 
-    def _base(self, task: TaskConfig, entry: ModelEntry, order: str, eff: Effective) -> dict[str, Any]:
-        return {
+    def _rows(self, task: TaskConfig, entry: ModelEntry, order: str, eff: Effective) -> RowMaker:
+        """The row maker of one cell: the columns its rows share."""
+        base = {
             "run_id": self.run_id, "task": task.name, "task_version": task.version, "dataset": task.dataset,
             "split": task.split, "profile": self.cfg.profile if self.cfg.limit is None else f"{self.cfg.profile}-limit{self.cfg.limit}",
             "model": entry.name, "preset": entry.preset, "model_label": entry.label, "n_params": entry.n_params,
             "checkpoint_sha256": entry.sha256, "order": order, "effective_order": eff.name,
             "order_trained": eff.trained, "trained_coverage": eff.coverage, "seed": self.cfg.seed,
         }
-
-    def _plain(self, entry: ModelEntry, name: str, n: int, h: int, w: int) -> Effective:
-        """The order ``name`` run as it is, for ``n`` images."""
-        perm = O.get_order(name, h, w)
-        if entry.model.fixed_order or name in entry.trained:
-            return Effective(name, perm.expand(n, -1), True, 1.0)
-        cov = trained_coverage(perm, entry.trained, h, w, **self._kernel(entry))
-        return Effective(name, perm.expand(n, -1), False, cov)
-
-    @staticmethod
-    def _kernel(entry: ModelEntry) -> dict[str, int]:
-        return {"k": int(getattr(entry.model, "kernel_size", 3)), "max_dilation": int(getattr(entry.model, "max_dilation", 2))}
-
-    def _effective(self, task: TaskConfig, entry: ModelEntry, name: str, missing: torch.Tensor) -> Effective:
-        """The order the conditional metrics of ``name`` run: observed-first for any-order models
-        (unless it already is, or the model is a single-order control), else ``name`` itself."""
-        h, w = missing.shape[1:]
-        plain = self._plain(entry, name, len(missing), h, w)
-        if entry.model.fixed_order or entry.single_order or bool(O.is_observed_first(plain.perms[0], missing).all()):
-            return plain
-        perms = O.observed_first(plain.perms[0], missing)
-        trained = in_training_distribution(name, task.mask_family, task.mask_params, entry.trained, entry.task_masks)
-        cov = 1.0 if trained else trained_coverage(perms, entry.trained, h, w, **self._kernel(entry))
-        return Effective(f"observed_first({name})", perms, trained, cov)
+        return RowMaker(base, self.cfg.seed, self.occluded[task.name])
 
     def _likelihood_cell(self, task, entry, name, data, missing, shard) -> dict[str, np.ndarray]:
+        """``test_bpd`` / ``cond_nll_bpd`` of one order (see :mod:`.cells.likelihood`); returns its
+        per-image nats for the ensemble (empty where this process writes no records)."""
         key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], name, "likelihood")
         if self._cell_done(key):
             if not self.ctx.is_main or self.mode == "shard":  # a shard's part holds no records
                 return {}
-            return _nats_arrays(self.run.load_cell(key)["nats"])
+            return nats_arrays(self.run.load_cell(key)["nats"])
         h, w = missing.shape[1:]
-        plain, eff = self._plain(entry, name, len(missing), h, w), self._effective(task, entry, name, missing)
+        plain, eff = plain_order(entry, name, len(missing), h, w), effective_order(task, entry, name, missing)
         idx = torch.tensor(shard, dtype=torch.long)
 
         def compute():
@@ -505,50 +331,13 @@ class Grid:
         parts = self._collect(key, f"{task.name} {entry.name} {name} likelihood", len(data.ids), compute)
         if parts is None:
             return {}
-        full, spent = np.zeros((3, len(data.ids))), np.zeros(3)
-        for sh, *vals, used in parts:
-            for i, v in enumerate(vals):
-                full[i, sh] = v
-            spent += used
         c_dims = get_dataset_info(task.dataset).channels
         n_miss = missing.flatten(1).sum(1).double().numpy() * c_dims
-        ctx = _context(eff.perms, missing)
-        nats = {"joint": full[0].tolist(), "cond": full[1].tolist(), "preceding": full[2].tolist(),
-                "n_miss": n_miss.tolist(), "context": ctx, "effective": [eff.name, eff.trained, eff.coverage],
-                "plain": [plain.name, plain.trained, plain.coverage], "reordered": eff.name != plain.name,
-                "wall_s": float(spent[0]), "nfe": [float(spent[1]) / len(data.ids), float(spent[2]) / len(data.ids)]}
-        rows, per_image = self._likelihood_rows(task, entry, name, data.ids, nats, h * w * c_dims)
+        nats = cell_nats(parts, len(data.ids), n_miss, context_of(eff.perms, missing), plain, eff)
+        rows, per_image = likelihood_rows(nats, data.ids, h * w * c_dims, self.metrics[task.name],
+                                          lambda e: self._rows(task, entry, name, e))
         self.run.save_cell(key, rows, per_image, {"nats": nats})
-        return _nats_arrays(nats)
-
-    def _likelihood_rows(self, task, entry, name, ids, nats, dims) -> tuple[list, list]:
-        """Rows of one likelihood cell (a single order or an ensemble) from its per-image nats:
-        ``test_bpd`` (under the plain order), ``cond_nll_bpd`` under the effective order, and, where
-        that was reordered, ``cond_nll_bpd`` under the plain order (``context = preceding_only``)
-        with their per-image difference ``context_gain_bpd`` (preceding-only minus effective)."""
-        metrics = self.metrics[task.name]
-        plain, eff = (Effective(n, None, bool(t), float(c)) for n, t, c in (nats["plain"], nats["effective"]))
-        n_miss = np.asarray(nats["n_miss"])
-        test_bpd = -np.asarray(nats["joint"]) / (dims * LN2)
-        cond_bpd = -np.asarray(nats["cond"]) / (n_miss * LN2)
-        prec_bpd = -np.asarray(nats["preceding"]) / (n_miss * LN2)
-        rows, per_image = [], []
-
-        nfe_joint, nfe_cond = nats["nfe"]
-
-        def add(metric, values, e: Effective, context, nfe):
-            base = self._base(task, entry, name, e)
-            rows.append(_summary_row(base, metric, values, self.cfg.seed, context=context, nfe=nfe, wall_s=nats["wall_s"]))
-            per_image.extend(self._per_image(base, metric, ids, values, context=context))
-
-        if "test_bpd" in metrics:
-            add("test_bpd", test_bpd, plain, "unconditional", nfe_joint)
-        if "cond_nll_bpd" in metrics:
-            add("cond_nll_bpd", cond_bpd, eff, nats["context"], nfe_cond)
-            if nats["reordered"]:
-                add("cond_nll_bpd", prec_bpd, plain, "preceding_only", nfe_joint)
-                add("context_gain_bpd", prec_bpd - cond_bpd, eff, nats["context"], nfe_joint + nfe_cond)
-        return rows, per_image
+        return nats_arrays(nats)
 
     def _collect(self, key: str, what: str, n_images: int, compute) -> list[tuple] | None:
         """The per-image parts of a cell, ``[(indices, *values), ...]``, on the process that writes
@@ -578,51 +367,29 @@ class Grid:
             done = dist.broadcast_object(done)
         return bool(done)
 
-    def _per_image(self, base, metric, ids, values, samples=None, context=""):
-        samples = samples if samples is not None else [0] * len(ids)
-        return [{"run_id": base["run_id"], "task": base["task"], "model": base["model"],
-                 "model_label": base["model_label"], "checkpoint_sha256": base["checkpoint_sha256"],
-                 "order": base["order"], "effective_order": base["effective_order"], "context": context,
-                 "metric": metric, "image_id": i, "sample": int(s), "value": float(v),
-                 "occluded_fraction": self.occluded[base["task"]][i]}
-                for i, s, v in zip(ids, samples, values)]
-
     def _ensemble_cell(self, task, entry, names, data, nats) -> None:
+        """The order ensemble of ``names`` from their cells' nats (rank 0 only; no network pass)."""
         if not self.ctx.is_main:
             return
-        from .metrics.stats import logmeanexp
-
         label = f"ensemble({self.cfg.orders})"
         key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], label, "likelihood")
         if self.run.has_cell(key):
             return
         info = get_dataset_info(task.dataset)
-        mix = {k: logmeanexp(np.stack([nats[n][k] for n in names]), dim=0).tolist() for k in ("joint", "cond", "preceding")}
-        # the mixture sees every observed pixel iff each member does (the order check per member)
-        ctx = "all_observed" if all(nats[n]["context"] == "all_observed" for n in names) else "preceding_only"
-        reordered = any(nats[n]["effective"][0] != nats[n]["plain"][0] for n in names)
-
-        def members(kind):
-            return [all(nats[n][kind][1] for n in names), float(np.mean([nats[n][kind][2] for n in names]))]
-
-        # an ensemble's effective order is its own name (its members' reordered forms, or their
-        # plain forms in the preceding-only row, which the `context` column tells apart)
-        mix.update(n_miss=nats[names[0]]["n_miss"], context=ctx, reordered=reordered,
-                   effective=[label, *members("effective")], plain=[label, *members("plain")],
-                   wall_s=float(sum(nats[n]["wall_s"] for n in names)),
-                   nfe=[float(sum(nats[n]["nfe"][i] for n in names)) for i in (0, 1)])
-        rows, per_image = self._likelihood_rows(task, entry, label, data.ids, mix,
-                                                info.height * info.width * info.channels)
+        mix = ensemble_nats({n: nats[n] for n in names}, label)
+        rows, per_image = likelihood_rows(mix, data.ids, info.height * info.width * info.channels,
+                                          self.metrics[task.name], lambda e: self._rows(task, entry, label, e))
         self.run.save_cell(key, rows, per_image)
 
     def _completion_cell(self, task, entry, name, data, missing, shard) -> None:
+        """K completions per image under the effective order and their metrics (see
+        :mod:`.cells.completion` and :mod:`.cells.fidelity`)."""
         key = cell_key(task.name, task.content_hash()[:12], entry.sha256[:12], name, "completion", self.cfg.samples)
         if self._cell_done(key):
             return
-        metrics = self.metrics[task.name]
-        eff = self._effective(task, entry, name, missing)
-        cond_perms = eff.perms
-        k = self.cfg.samples
+        metrics, k = self.metrics[task.name], self.cfg.samples
+        n_bits = get_dataset_info(task.dataset).n_bits
+        eff = effective_order(task, entry, name, missing)
         seeds = torch.tensor([[stable_seed(self.cfg.seed, i, name, s) for s in range(k)] for i in data.ids],
                              dtype=torch.long)
         idx = torch.tensor(shard, dtype=torch.long)
@@ -630,19 +397,10 @@ class Grid:
         def compute():
             t0, cost = time.perf_counter(), Cost()
             with progress_bar(len(shard) * k, f"{task.name} {entry.name} {name}: completing", self.show) as adv:
-                comp = completions(entry.model, data.images[idx], missing[idx], cond_perms[idx], seeds[idx],
-                                   self.cfg, self.ctx.device, adv, cost)
-            lp = div = None
-            n_bits = get_dataset_info(task.dataset).n_bits
-            if "lpips" in metrics:
-                from .metrics.perceptual import lpips_distance
-
-                # one call per image (its K samples): the values do not depend on which images
-                # share a shard, a rank or a batch
-                lp = [lpips_distance(comp[j], data.images[i].unsqueeze(0).expand_as(comp[j]), n_bits=n_bits).tolist()
-                      for j, i in enumerate(shard)]
-            if "diversity" in metrics and k >= 2:
-                div = [diversity(comp[j], n_bits) for j in range(len(shard))]
+                comp = completions(entry.model, data.images[idx], missing[idx], eff.perms[idx], seeds[idx],
+                                   batch_size=self.cfg.batch_size, temperature=self.cfg.temperature,
+                                   sampler=self.cfg.sampler, device=self.ctx.device, advance=adv, cost=cost)
+            lp, div = per_image_work(comp, data.images[idx], metrics, n_bits)
             return (shard, comp, lp, div, [time.perf_counter() - t0, cost.image_passes])
 
         parts = self._collect(key, f"{task.name} {entry.name} {name} completion", len(data.ids), compute)
@@ -651,95 +409,26 @@ class Grid:
         n = len(data.ids)
         comp_all = torch.zeros(n, k, *data.images.shape[1:], dtype=torch.uint8)
         lp_all, div_all, spent = np.zeros((n, k)), np.zeros(n), np.zeros(2)
-        for sh, c, l, dv, used in parts:
+        for sh, c, lp, dv, used in parts:
             spent += used
             comp_all[sh] = c
-            if l is not None:
-                lp_all[sh] = l
+            if lp is not None:
+                lp_all[sh] = lp
             if dv is not None:
                 div_all[sh] = dv
         t_metrics = time.perf_counter()
-        base = self._base(task, entry, name, eff)
-        ctx = _context(cond_perms, missing)
-        rows, per_image = [], []
-        if "lpips" in metrics:
-            rows.append(_summary_row(base, "lpips", lp_all.mean(1), self.cfg.seed, context=ctx))
-            ids = [i for i in data.ids for _ in range(k)]
-            per_image += self._per_image(base, "lpips", ids, lp_all.flatten(), [s for _ in data.ids for s in range(k)],
-                                         context=ctx)
-        rows_px, per_px = self._pixel_rows(task, base, data, missing, comp_all, ctx)
-        rows += rows_px
-        per_image += per_px
-        if "diversity" in metrics:
-            if k >= 2:
-                rows.append(_summary_row(base, "diversity", div_all, self.cfg.seed, context=ctx))
-                per_image += self._per_image(base, "diversity", data.ids, div_all, context=ctx)
-            elif self.show:
-                console().print(f"note: diversity needs --samples >= 2 (got {k}); not written for {task.name} {name}")
+        make, ctx = self._rows(task, entry, name, eff), context_of(eff.perms, missing)
+        note = console().print if self.show else None
+        rows, per_image = completion_rows(make, data.ids, data.images, missing, comp_all, lp_all, div_all, metrics,
+                                          n_bits, ctx, note)
         if {"fid", "kid"} & set(metrics):
-            from .metrics import fidelity
-
-            info = get_dataset_info(task.dataset)
-            ref = self._reference_features(task)
-            gen = fidelity.inception_features(comp_all.flatten(0, 1), n_bits=info.n_bits, progress=self.show)
-            res = fidelity.fid_kid(gen, ref, seed=self.cfg.seed)
-            n_gen = len(gen)
-            if "fid" in metrics:
-                rows.append(_row(base, "fid", res["fid"], n_gen, context=ctx))
-            if "kid" in metrics:
-                rows.append(_row(base, "kid", res["kid_mean"], n_gen, stderr=res["kid_stderr"], context=ctx))
+            ref = reference_features(task, self.cfg.profile, self.cfg.data_root, self.show)
+            rows += fidelity_rows(make, comp_all, ref, metrics, n_bits, self.cfg.seed, ctx, self.show)
         for r in rows:  # per completion: the sampler's work; seconds: sampling and metrics
             r.update(nfe=float(spent[1]) / (n * k), wall_s=float(spent[0]) + time.perf_counter() - t_metrics)
-        self._save_examples(key, data, missing, comp_all, task=task.name, label=f"{entry.label} {eff.name}")
+        save_examples(self.run.path / "examples" / f"{key}.npz", data.ids, data.images, missing, comp_all,
+                      task=task.name, label=f"{entry.label} {eff.name}", n_bits=n_bits)
         self.run.save_cell(key, rows, per_image)
-
-    def _pixel_rows(self, task, base, data, missing, comp_all, ctx) -> tuple[list, list]:
-        """psnr, ssim (whole image) and l1_hole (missing pixels) of every completion; the rows hold
-        per-image means over the K samples, per_image.csv every sample."""
-        from .metrics import pixelwise
-
-        metrics = self.metrics[task.name]
-        n, k = comp_all.shape[:2]
-        n_bits = get_dataset_info(task.dataset).n_bits
-        truth = data.images.unsqueeze(1).expand_as(comp_all).flatten(0, 1)
-        flat = comp_all.flatten(0, 1)
-        fns = {"psnr": lambda: pixelwise.psnr(flat, truth, n_bits),
-               "ssim": lambda: pixelwise.ssim(flat, truth, n_bits),
-               "l1_hole": lambda: pixelwise.l1_hole(flat, truth, missing.repeat_interleave(k, 0), n_bits)}
-        rows, per_image = [], []
-        ids = [i for i in data.ids for _ in range(k)]
-        samples = [s for _ in data.ids for s in range(k)]
-        for metric, fn in fns.items():
-            if metric not in metrics:
-                continue
-            v = fn().numpy().reshape(n, k)
-            rows.append(_summary_row(base, metric, v.mean(1), self.cfg.seed, context=ctx))
-            per_image += self._per_image(base, metric, ids, v.flatten(), samples, context=ctx)
-        return rows, per_image
-
-    def _reference_features(self, task: TaskConfig):
-        from .metrics import fidelity
-
-        size = task.profile(self.cfg.profile).fid_reference_size
-        info = get_dataset_info(task.dataset)
-        ref = load_split(task.dataset, task.reference_split, self.cfg.data_root, limit=size)
-        key = {"dataset": task.dataset, "split": task.reference_split, "ids": ref.ids,
-               "preprocessing": f"{info.name}:{info.height}x{info.width}x{info.channels}:{info.n_bits}bit"}
-        return fidelity.reference_features(key, lambda: ref.images, progress=self.show)
-
-    def _save_examples(self, key: str, data: ImageSet, missing: torch.Tensor, comp: torch.Tensor,
-                       task: str, label: str, n_show: int = 8):
-        """Keep the first few completions (sample 0) for the report's completion grids."""
-        import io
-
-        from .io_utils import atomic_write_bytes
-
-        buf = io.BytesIO()
-        n_bits = get_dataset_info(data.name).n_bits
-        np.savez_compressed(buf, task=np.array(task), label=np.array(label), n_bits=np.array(n_bits),
-                            ids=np.array(data.ids[:n_show]), truth=data.images[:n_show].numpy(),
-                            missing=missing[:n_show].numpy(), completion=comp[:n_show, 0].numpy())
-        atomic_write_bytes(self.run.path / "examples" / f"{key}.npz", buf.getvalue())
 
 
 def run(cfg: RunConfig, argv: list[str] | None = None, summary: bool = True) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .evaluate import is_single_order_label
+from .cells.model_entry import is_single_order_label
 from .io_utils import atomic_write_text
 from .report import main_per_image, to_latex, to_markdown
 

@@ -88,3 +88,22 @@ def test_pixel_metrics_against_independent_computations():
     want = [(a[i, :, :4, :5].double() - b[i, :, :4, :5].double()).abs().mean().item() / 255 for i in range(3)]
     np.testing.assert_allclose(pixelwise.l1_hole(a, b, missing).numpy(), want, rtol=1e-12)
     assert math.isinf(pixelwise.psnr(a[:1], a[:1]).item())
+
+
+def test_run_help_names_every_metric_and_each_completion_metric_has_a_cell():
+    """`run --help` lists every metric a user can pass; every completion metric is computed by a
+    cell (LPIPS and diversity beside the samples, FID/KID by the fidelity cell, the rest by
+    SAMPLE_METRICS), so a metric can't be accepted and then silently never written."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from lmconv_bench.cells.completion import SAMPLE_METRICS
+    from lmconv_bench.cli import app
+    from lmconv_bench.config import COMPLETION_METRICS, METRICS
+
+    out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200", "TERM": "dumb"}).output
+    text = re.sub(r"[\s│]+", " ", out)
+    for m in METRICS:
+        assert m in text, f"`run --help` does not name metric {m}"
+    assert set(COMPLETION_METRICS) == {"lpips", "diversity", "fid", "kid"} | set(SAMPLE_METRICS)

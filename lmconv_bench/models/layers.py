@@ -105,7 +105,7 @@ class ConvMask:
         else:
             self.box = (0, 0, 0, 0)
         i0, i1, j0, j1 = self.box
-        half, hw = k // 2, height * width
+        half = k // 2
         self.n_taps = (i1 - i0) * (j1 - j0)
         # flat offset of the box's first tap; the others step by d*W (rows) and d (cols)
         self.base = (i0 - half) * dilation * width + (j0 - half) * dilation
