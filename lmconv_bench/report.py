@@ -355,6 +355,61 @@ def binned_tables(per_image: pd.DataFrame, bins: int = 10) -> list[dict[str, Any
     return out
 
 
+COST_METRICS = ("cond_nll_bpd", "lpips")
+
+
+def cost_table(df: pd.DataFrame, samplers: dict[str, str]) -> dict[str, Any] | None:
+    """Metric value beside its cost, per task, model and sampler: for ``cond_nll_bpd`` (the
+    likelihood cell) and ``lpips`` (the completion cell), the mean over the model's single orders
+    (ensembles and preceding-only companions left out) of the value, of ``nfe`` (network
+    evaluations per image, in full-forward-pass equivalents, as counted by the samplers) and of
+    the cell's seconds per image (``wall_s / n``). ``samplers``: run id → sampler of that run."""
+    if not {"nfe", "wall_s"} <= set(df.columns):
+        return None
+    d = df[df["metric"].isin(COST_METRICS) & ~df["order"].astype(str).str.startswith("ensemble(")]
+    if "context" in d.columns:  # the preceding-only companion of a reordered order is not its own cell
+        gains = set(zip(*(df[df["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
+        companion = [m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains
+                     for m, c, t, k, o in zip(d["metric"], d["context"], d["task"], d["checkpoint_sha256"], d["order"])]
+        d = d[~np.asarray(companion, dtype=bool)]
+    d = d[np.isfinite(pd.to_numeric(d["nfe"], errors="coerce"))]
+    if d.empty:
+        return None
+    d = d.assign(model_name=[_name(r) for _, r in d.iterrows()], sampler=d["run_id"].map(samplers).fillna("?"),
+                 s_per_image=pd.to_numeric(d["wall_s"]) / d["n"])
+    g = d.groupby(["task", "model_name", "sampler", "metric"], sort=True)
+    stats = g.agg(value=("value", "mean"), nfe=("nfe", "mean"), s_per_image=("s_per_image", "mean"),
+                  orders=("order", "nunique")).reset_index()
+    disp = pd.DataFrame({"model": stats["model_name"].tolist(), "sampler": stats["sampler"].tolist(),
+                         "metric": stats["metric"].tolist(), "value": [f"{v:.4f}" for v in stats["value"]],
+                         "nfe": [f"{v:.1f}" for v in stats["nfe"]],
+                         "seconds per image": [f"{v:.3f}" for v in stats["s_per_image"]],
+                         "orders": stats["orders"].astype(str).tolist()},
+                        index=pd.Index(stats["task"].tolist(), name="task"))
+    cap = ("Cost: each metric's value beside what it cost, means over the model's single orders (orders: how many). "
+           "nfe: network evaluations in full-forward-pass equivalents, counted by the likelihood code and the samplers: "
+           "per image for cond_nll_bpd (the pass under the effective order), per completion for lpips (the sampler's "
+           "work). Seconds per image: the cell's wall time (likelihood passes, or sampling of all K samples plus the "
+           "metrics) over its images, on the run's device")
+    return {"name": "cost", "caption": cap, "display": disp,
+            "values": pd.DataFrame(np.nan, index=disp.index, columns=disp.columns), "long": stats,
+            "best": pd.DataFrame(False, index=disp.index, columns=disp.columns)}
+
+
+def run_samplers(paths: list[Path]) -> dict[str, str]:
+    """run id → the sampler its manifest names (``cached`` or ``naive``)."""
+    import json
+
+    out = {}
+    for p in paths:
+        try:
+            m = json.loads((p / "manifest.json").read_text())
+            out[str(m["run_id"])] = str(m.get("sampler", "?"))
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
 def main_per_image_with_fraction(per_image: pd.DataFrame) -> pd.DataFrame:
     """:func:`main_per_image` keeping each image's occluded fraction."""
     frac = per_image.drop_duplicates(["task", "image_id"]).set_index(["task", "image_id"])["occluded_fraction"]
@@ -376,6 +431,9 @@ def write_report(run_dirs: list[str] | None, fmt: str = "latex", out: str | None
     if not isinstance(bins, int) or bins < 0:
         raise UserError(f"--bins must be a non-negative number of bins, got {bins!r}")
     tables = build_tables(df) + (binned_tables(load_per_image(paths), bins) if bins else [])
+    cost = cost_table(df, run_samplers(paths))
+    if cost is not None:
+        tables.append(cost)
     for t in tables:
         target = out_dir / f"{t['name']}.{ext}"
         if fmt == "latex":

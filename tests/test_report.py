@@ -162,3 +162,29 @@ def test_binned_tables_group_images_by_occluded_fraction():
     assert "0.1-0.2: 2" in tab["caption"]
     one_bin = pd.DataFrame(rows[1:3])
     assert binned_tables(one_bin, bins=10) == []
+
+
+def test_cost_table_puts_each_value_beside_its_cost():
+    """Means over single orders of value, nfe and seconds per image (wall_s / n); ensembles and the
+    preceding-only companions of reordered orders are not cells of their own and stay out."""
+    from lmconv_bench.report import cost_table
+
+    rows = [
+        _row(order="s_curve/0", effective_order="observed_first(s_curve/0)", value=1.0, nfe=1.0, wall_s=2.0, n=10),
+        _row(order="s_curve/0", context="preceding_only", value=9.0, nfe=9.0, wall_s=90.0),  # companion
+        _row(order="s_curve/0", metric="context_gain_bpd", value=8.0),
+        _row(order="s_curve/1", value=3.0, nfe=1.0, wall_s=4.0, n=10),
+        _row(order="ensemble(s_curve)", value=0.5, nfe=2.0, wall_s=6.0),
+        _row(order="s_curve/0", metric="lpips", unit="lpips", value=0.2, nfe=3.0, wall_s=20.0, n=10),
+        _row(model="pixelcnnpp", order="raster/0", metric="lpips", unit="lpips", value=0.4, nfe=1.0, wall_s=5.0,
+             n=10, run_id="r_2"),
+    ]
+    t = cost_table(pd.DataFrame(rows), {"r_1": "cached", "r_2": "naive"})
+    d = t["display"].reset_index()
+    cond = d[(d["model"] == "lmconv") & (d["metric"] == "cond_nll_bpd")].iloc[0]
+    assert (cond["value"], cond["nfe"], cond["seconds per image"], cond["orders"]) == ("2.0000", "1.0", "0.300", "2")
+    lp = d[(d["model"] == "lmconv") & (d["metric"] == "lpips")].iloc[0]
+    assert (lp["value"], lp["nfe"], lp["seconds per image"], lp["sampler"]) == ("0.2000", "3.0", "2.000", "cached")
+    pc = d[d["model"] == "pixelcnnpp"].iloc[0]
+    assert (pc["sampler"], pc["seconds per image"]) == ("naive", "0.500")
+    assert len(d) == 3

@@ -104,6 +104,8 @@ def test_full_run_writes_every_metric_and_report(checkpoints, tmp_path):
     assert texs and all(not re.search(r"(?<!\\)_", t.read_text()) for t in texs)
     grid = rep / "completions_mnist_top_half.png"
     assert grid.exists() and grid.stat().st_size > 5000
+    cost = (rep / "cost.tex").read_text()  # the value beside its cost, per model and sampler
+    assert "cached" in cost and "nfe" in cost and "lpips" in cost
 
 
 def test_batch_size_and_process_count_do_not_change_results(checkpoints, tmp_path):
