@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import Interrupted, UserError, request_interrupt
 
 app = typer.Typer(
     name="lmconv-bench",
@@ -495,10 +495,6 @@ def bench_complete_cmd(
 
 
 # ------------------------------------------------------------------------------ entry point
-class Interrupted(BaseException):
-    """Ctrl-C, raised by our SIGINT handler (click would turn a KeyboardInterrupt into "Aborted!")."""
-
-
 RESUME_HINTS = {
     "run": "finished cells are kept: rerun the same command to resume",
     "merge": "nothing was lost: rerun the same command",
@@ -508,7 +504,7 @@ RESUME_HINTS = {
 
 
 def _on_sigint(_signum, _frame):
-    raise Interrupted()
+    request_interrupt()
 
 
 def main() -> None:

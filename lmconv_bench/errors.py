@@ -15,6 +15,28 @@ class UserError(Exception):
     """An error caused by user input; printed as one line, exit status 2."""
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by the CLI's SIGINT handler (click would turn a KeyboardInterrupt into
+    "Aborted!"); the CLI prints how to resume and exits with status 130."""
+
+
+_INTERRUPT = {"requested": False}
+
+
+def request_interrupt() -> None:
+    """Called by the SIGINT handler: remember the request and raise :class:`Interrupted`. Python
+    drops an exception raised while a finalizer (``__del__``, a weakref callback) happens to run,
+    so long loops also call :func:`check_interrupt`, which raises it again at the next step."""
+    _INTERRUPT["requested"] = True
+    raise Interrupted()
+
+
+def check_interrupt() -> None:
+    """Raise :class:`Interrupted` if Ctrl-C was pressed (see :func:`request_interrupt`)."""
+    if _INTERRUPT["requested"]:
+        raise Interrupted()
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -74,7 +74,7 @@ from .checkpoints import (
     rng_state_to_str,
     save_checkpoint,
 )
-from .errors import UserError
+from .errors import UserError, check_interrupt
 from .io_utils import writer_lock
 from .models.base import AutoregressiveImageModel, ModelConfig, build_model, get_model_class
 from .configs import make_config
@@ -620,6 +620,7 @@ class _Trainer:
                 bar.update(self.step, test=f"{self.evaluate(None):.3f}")
             t_speed, s_speed = time.perf_counter(), self.step
             while self.step < self.total:
+                check_interrupt()  # Ctrl-C even if its exception was dropped inside a finalizer
                 x = self.batch()
                 losses.append(self.update(x, self.draw_order(len(x))))
                 if self.step % 10 == 0 or self.step == self.total:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import check_interrupt
 from .likelihood import batches
 from .rows import RowMaker
 
@@ -25,6 +26,7 @@ def completions(model, images, missing, cond_perms, seeds, *, batch_size: int, t
     for sl in batches(len(images), batch_size):
         ks = []
         for k in range(seeds.shape[1]):
+            check_interrupt()
             done = model.complete(
                 images[sl].to(device), missing[sl].to(device), cond_perms[sl].to(device), seeds[sl, k],
                 temperature=temperature, sampler=sampler, cost=cost,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import check_interrupt
 from .model_entry import Effective
 from .rows import RowMaker
 
@@ -39,6 +40,7 @@ def likelihoods(model, images: torch.Tensor, missing: torch.Tensor, perm: torch.
     joint, cond, preceding = [], [], []
     same = bool((cond_perms == perm.expand_as(cond_perms)).all())
     for sl in batches(len(images), batch_size):
+        check_interrupt()
         x = images[sl].to(device)
         miss = missing[sl].to(device)
         lp = model.log_prob(x, perm.to(device)).double()
