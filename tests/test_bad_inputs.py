@@ -222,9 +222,15 @@ def test_crafted_cifar_pickle_runs_nothing(tmp_path, data_root):
     assert not marker.exists()
 
 
+def _default_sigint():
+    # a test suite started in the background (`cmd &` without job control) ignores SIGINT, and
+    # children inherit that: give the child the default disposition, as a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(args, cwd):
     return subprocess.Popen([sys.executable, "-m", "lmconv_bench", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
 
 
 def test_two_writers_cannot_share_a_training_directory(ws, tmp_path):
