@@ -375,7 +375,7 @@ def cost_table(df: pd.DataFrame, samplers: dict[str, str]) -> dict[str, Any] | N
     d = d[np.isfinite(pd.to_numeric(d["nfe"], errors="coerce"))]
     if d.empty:
         return None
-    d = d.assign(model_name=[_name(r) for _, r in d.iterrows()], sampler=d["run_id"].map(samplers).fillna("?"),
+    d = d.assign(model_name=[_name(r) for _, r in d.iterrows()], sampler=[samplers.get(str(r), "?") for r in d["run_id"]],
                  s_per_image=pd.to_numeric(d["wall_s"]) / d["n"])
     g = d.groupby(["task", "model_name", "sampler", "metric"], sort=True)
     stats = g.agg(value=("value", "mean"), nfe=("nfe", "mean"), s_per_image=("s_per_image", "mean"),
