@@ -268,6 +268,7 @@ def test_ctrl_c_exits_130_with_the_resume_command(ws, tmp_path):
     assert "--resume" in err and "Traceback" not in err
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
 def test_a_dropped_interrupt_still_stops_the_next_step():
     """Python drops an exception raised by the SIGINT handler while a finalizer runs; the request
     is remembered, so the loops' next `check_interrupt()` raises it again."""
