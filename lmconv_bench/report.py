@@ -68,6 +68,18 @@ def load_per_image(paths: list[Path]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ statistics
+def companion_rows(rows: pd.DataFrame, records: pd.DataFrame) -> np.ndarray:
+    """Boolean mask over ``rows``: the preceding-only ``cond_nll_bpd`` companions of reordered
+    orders, recognised by a ``context_gain_bpd`` row for the same task, checkpoint and order in
+    ``records`` (all False for files without a ``context`` column)."""
+    if "context" not in rows.columns:
+        return np.zeros(len(rows), dtype=bool)
+    gains = set(zip(*(records[records["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
+    return np.asarray([m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains
+                       for m, c, t, k, o in zip(rows["metric"], rows["context"], rows["task"], rows["checkpoint_sha256"],
+                                                rows["order"])], dtype=bool)
+
+
 def main_per_image(df: pd.DataFrame) -> pd.DataFrame:
     """Per-image values with ``arm`` = model label and order, without the preceding-only
     companions of reordered orders (whose difference is ``context_gain_bpd``); lpips averaged over
@@ -76,11 +88,7 @@ def main_per_image(df: pd.DataFrame) -> pd.DataFrame:
     if "model_label" not in df.columns:
         df["model_label"] = df["model"]
     df["model_label"] = df["model_label"].fillna(df["model"]).astype(str)
-    if "context" in df.columns:
-        gains = set(zip(*(df[df["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
-        comp = [(m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains)
-                for m, c, t, k, o in zip(df["metric"], df["context"], df["task"], df["checkpoint_sha256"], df["order"])]
-        df = df[~np.asarray(comp, dtype=bool)]
+    df = df[~companion_rows(df, df)]
     keys = ["task", "metric", "model", "model_label", "order", "image_id"]
     return df.groupby(keys, sort=False)["value"].mean().reset_index()
 
@@ -143,10 +151,7 @@ def task_columns(df: pd.DataFrame) -> pd.DataFrame:
     ``cond_nll_bpd (as is)`` for the preceding-only companion rows of reordered orders and
     ``context gain`` for ``context_gain_bpd``."""
     d = df[df["metric"].isin((*TASK_METRICS, "context_gain_bpd"))].copy()
-    gains = set(zip(*(d[d["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
-    companion = [(m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains)
-                 for m, c, t, k, o in zip(d["metric"], d["context"], d["task"], d["checkpoint_sha256"], d["order"])]
-    col = d["metric"].where(~pd.Series(companion, index=d.index), AS_IS)
+    col = d["metric"].where(~pd.Series(companion_rows(d, d), index=d.index), AS_IS)
     d["column"] = col.where(d["metric"] != "context_gain_bpd", GAIN)
     return d
 
@@ -367,11 +372,7 @@ def cost_table(df: pd.DataFrame, samplers: dict[str, str]) -> dict[str, Any] | N
     if not {"nfe", "wall_s"} <= set(df.columns):
         return None
     d = df[df["metric"].isin(COST_METRICS) & ~df["order"].astype(str).str.startswith("ensemble(")]
-    if "context" in d.columns:  # the preceding-only companion of a reordered order is not its own cell
-        gains = set(zip(*(df[df["metric"] == "context_gain_bpd"][c] for c in ("task", "checkpoint_sha256", "order"))))
-        companion = [m == "cond_nll_bpd" and str(c) == "preceding_only" and (t, k, o) in gains
-                     for m, c, t, k, o in zip(d["metric"], d["context"], d["task"], d["checkpoint_sha256"], d["order"])]
-        d = d[~np.asarray(companion, dtype=bool)]
+    d = d[~companion_rows(d, df)]  # the preceding-only companion of a reordered order is not its own cell
     d = d[np.isfinite(pd.to_numeric(d["nfe"], errors="coerce"))]
     if d.empty:
         return None

@@ -106,9 +106,10 @@ def completion_rows(make: RowMaker, ids: Sequence[str], truth: torch.Tensor, mis
         per_image += make.per_image("lpips", sample_ids, lp.flatten(), samples, context=context)
     flat = comp.flatten(0, 1)
     truth_k = truth.unsqueeze(1).expand_as(comp).flatten(0, 1)
+    missing_k = missing.repeat_interleave(k, 0)
     for metric, fn in SAMPLE_METRICS.items():
         if metric in metrics:
-            v = fn(flat, truth_k, missing.repeat_interleave(k, 0), n_bits).numpy().reshape(n, k)
+            v = fn(flat, truth_k, missing_k, n_bits).numpy().reshape(n, k)
             rows.append(make.summary(metric, v.mean(1), context=context))
             per_image += make.per_image(metric, sample_ids, v.flatten(), samples, context=context)
     if "diversity" in metrics:
