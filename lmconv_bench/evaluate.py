@@ -245,7 +245,9 @@ class Grid:
         t0 = time.time()
         if not hasattr(self, "prepared"):
             self.prepare()
-        self.run.open(self.manifest(), clean=self.mode == "collective")
+        # rank 0 alone checks and creates the directory, and its UserError is raised on every rank:
+        # a rank that looked on its own could find rank 0's half-made directory and refuse it
+        dist.on_main(self._open_run_dir)
         image_ids: dict[str, list[str]] = {}
         for task in self.tasks:
             image_ids[task.name] = self.run_task(task)
@@ -263,6 +265,9 @@ class Grid:
                                                           "(cells finished earlier, e.g. before a resume, count too)"})
         dist.barrier()
         return self.run
+
+    def _open_run_dir(self) -> None:
+        self.run.open(self.manifest(), clean=self.mode == "collective")
 
     def _images(self, task: TaskConfig) -> ImageSet:
         if self.cfg.image_ids is not None:
