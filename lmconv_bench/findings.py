@@ -7,7 +7,7 @@ One row per (task, claim, metric). Arms of a task are found from the records:
   (LPIPS, FID, KID) are the mean over its evaluated orders (per image, then across images),
   because completions are drawn per order.
 * **control**, the same network trained on one order (label ``[raster/0]``), evaluated under that
-  order as it is.
+  order as it is; compared on conditional NLL and LPIPS (both paired per image).
 * **baseline**, the fixed-order PixelCNN++. The claim names it "matched" only when its parameter
   count is within 5% of A's; otherwise the claim says by how much it differs.
 
@@ -135,7 +135,7 @@ def _against(task, label, n_a, ens_name, kind, other, mine, rec, pi, seed) -> li
     rows = []
     if kind == "control":
         claim = "observed-first beats the same network trained on raster only (control)"
-        metrics = ("cond_nll_bpd",)
+        metrics = ("cond_nll_bpd", "lpips")
     else:
         claim = "beats the raster PixelCNN++"
         if other is not None:

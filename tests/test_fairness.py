@@ -160,6 +160,7 @@ def _records_and_per_image(any_level, ens_shift, control_level, base_level, gain
     add(lab_a, "lmconv", "ensemble(s_curve)", "cond_nll_bpd", ens + gain, 468_000, context="preceding_only")
     add(lab_a, "lmconv", "ensemble(s_curve)", "context_gain_bpd", np.full(n, gain) + noise(), 468_000)
     add(lab_c, "lmconv", "raster/0", "cond_nll_bpd", control_level + noise(), 468_000, "preceding_only")
+    add(lab_c, "lmconv", "raster/0", "lpips", 0.3 + noise(), 468_000, "preceding_only")
     add(lab_b, "pixelcnnpp", "raster/0", "cond_nll_bpd", base_level + noise(), 461_000, "preceding_only")
     add(lab_b, "pixelcnnpp", "raster/0", "lpips", 0.2 + noise(), 461_000, "preceding_only")
     add(lab_b, "pixelcnnpp", "raster/0", "fid", np.full(n, 50.0), 461_000, "preceding_only")
@@ -174,6 +175,9 @@ def test_findings_verdicts_follow_the_paired_tests():
     assert f.loc[("the context gain (as is minus observed-first) is positive", "context_gain_bpd"), "verdict"] == "reproduced"
     ctl = "observed-first beats the same network trained on raster only (control)"
     assert f.loc[(ctl, "cond_nll_bpd"), "verdict"] == "reproduced"
+    # completions: the mean over the any-order model's orders (0.2) against the control's 0.3
+    assert f.loc[(ctl, "lpips"), "verdict"] == "reproduced"
+    assert f.loc[(ctl, "lpips"), "A"].endswith("mean over orders")
     base = "beats the raster PixelCNN++ (matched)"
     assert f.loc[(base, "cond_nll_bpd"), "verdict"] == "not reproduced (reversed)"
     assert f.loc[(base, "lpips"), "verdict"] == "not reproduced (no significant difference)"
