@@ -260,14 +260,27 @@ def build_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
                        "fraction of positions whose kernel masks under the effective order were trained "
                        f"(* = the effective order itself was not trained){note}", "display": disp,
                        "values": vals, "long": g})
-    summary = summary_table(df)
-    if summary is not None:
-        disp, vals, best = summary
-        tables.append({"name": "summary", "best": best, "caption": "Per task and model: one value per single-order model; "
-                       "an any-order model's order ensemble and its best single order; lower is better; ± is the "
-                       f"standard error across images (KID: jackknife over images){note}", "display": disp, "values": vals,
-                       "long": df[df["metric"].isin(TASK_METRICS)]})
+    tables.extend(summary_tables(df, note))
     return tables
+
+
+def summary_tables(df: pd.DataFrame, note: str = "") -> list[dict[str, Any]]:
+    """The summary table (:func:`summary_table`): one named ``summary`` when the records hold one
+    dataset, else one per dataset (``summary_<dataset>``), since each dataset has its own models and
+    one table over all would be mostly empty columns."""
+    datasets = sorted(df["dataset"].astype(str).unique()) if "dataset" in df.columns else []
+    parts = [(f"summary_{ds}", df[df["dataset"].astype(str) == ds]) for ds in datasets] if len(datasets) > 1 else [("summary", df)]
+    out = []
+    for name, part in parts:
+        summary = summary_table(part)
+        if summary is None:
+            continue
+        disp, vals, best = summary
+        out.append({"name": name, "best": best, "caption": "Per task and model: one value per single-order model; "
+                    "an any-order model's order ensemble and its best single order; lower is better; ± is the "
+                    f"standard error across images (KID: jackknife over images){note}", "display": disp, "values": vals,
+                    "long": part[part["metric"].isin(TASK_METRICS)]})
+    return out
 
 
 def _coverage_cell(cov: float, trained: bool) -> str:

@@ -130,6 +130,23 @@ def test_summary_table_contrasts_baseline_ensemble_and_best_single_order():
     assert not best.loc["mnist_center", "cond_nll_bpd: lmconv ensemble"]
 
 
+def test_summary_is_split_per_dataset_when_the_records_span_several():
+    from lmconv_bench.report import summary_tables
+
+    mnist = [_row(model_label="lmconv 468k"), _row(model_label="pixelcnnpp 461k", model="pixelcnnpp", order="raster/0", value=0.9)]
+    cifar = [_row(dataset="cifar10", task="cifar10_top_half", model_label="lmconv 469k", value=4.3),
+             _row(dataset="cifar10", task="cifar10_top_half", model_label="pixelcnnpp 462k", model="pixelcnnpp",
+                  order="raster/0", value=3.9)]
+    assert [t["name"] for t in summary_tables(pd.DataFrame(mnist))] == ["summary"]
+    tables = {t["name"]: t for t in summary_tables(pd.DataFrame(mnist + cifar))}
+    assert set(tables) == {"summary_cifar10", "summary_mnist"}
+    # each holds only its dataset's tasks and models: no column of dashes for the other's models
+    c = tables["summary_cifar10"]["values"]
+    assert list(c.index) == ["cifar10_top_half"] and all("469k" in k or "462k" in k for k in c.columns)
+    assert c.notna().all().all()
+    assert tables["summary_cifar10"]["best"].loc["cifar10_top_half", "cond_nll_bpd: pixelcnnpp 462k raster/0"]
+
+
 def test_published_figures_are_shown_only_beside_full_profile_records():
     from lmconv_bench.published import load_published, published_table
 
