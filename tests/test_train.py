@@ -187,7 +187,7 @@ def test_nan_loss_keeps_last_good_checkpoint(fake_mnist, tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         T.train(_cfg(fake_mnist, out, max_steps=8), progress=False)
     msg = str(e.value)
-    assert f"loss became NaN at step 4" in msg and f"kept at {out / T.LAST} (step 3)" in msg and "lower --lr" in msg
+    assert "loss became NaN at step 4" in msg and f"kept at {out / T.LAST} (step 3)" in msg and "lower --lr" in msg
     ts = C.load_train_state(out / T.LAST)
     assert ts["step"] == 3
     assert C.verify_sha256(out / T.LAST)
