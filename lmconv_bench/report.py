@@ -19,6 +19,7 @@ Quick-profile numbers are flagged in the caption as not comparable to published 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -240,9 +241,10 @@ def build_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
     note = f" ({QUICK_NOTE})" if quick else ""
     bpd = df[df["metric"] == "test_bpd"]
     if len(bpd):
-        disp, vals = pivot(bpd, "label", "dataset")
+        rows, sizes = across_datasets(bpd)
+        disp, vals = pivot(rows, "label", "dataset")
         disp.index.name, disp.columns.name = "model / order", "dataset"
-        tables.append({"name": "test_bpd", "caption": f"Test bits/dim per order and order ensemble; ± is the standard error across images{note}",
+        tables.append({"name": "test_bpd", "caption": f"Test bits/dim per order and order ensemble; ± is the standard error across images{sizes}{note}",
                        "display": disp, "values": vals, "long": bpd})
     for task, g in task_columns(df).groupby("task", sort=True):
         disp, vals = pivot(g, "model_order", "column")
@@ -281,6 +283,26 @@ def summary_tables(df: pd.DataFrame, note: str = "") -> list[dict[str, Any]]:
                     f"standard error across images (KID: jackknife over images){note}", "display": disp, "values": vals,
                     "long": part[part["metric"].isin(TASK_METRICS)]})
     return out
+
+
+PARAMS_SUFFIX = re.compile(r" (\d+k)$")
+
+
+def across_datasets(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Records of several datasets made to share table rows: one model's labels differ across
+    datasets only by their parameter count (``... 468k`` on MNIST, ``... 469k`` on CIFAR-10), so the
+    count leaves the label and goes into a caption note instead. One dataset: unchanged, no note."""
+    if "dataset" not in df.columns or df["dataset"].nunique() < 2:
+        return df, ""
+    names = [_name(r) for _, r in df.iterrows()]
+    short = [PARAMS_SUFFIX.sub("", n) for n in names]
+    sizes: dict[str, dict[str, str]] = {}
+    for n, sh, ds in zip(names, short, df["dataset"].astype(str)):
+        m = PARAMS_SUFFIX.search(n)
+        if m:
+            sizes.setdefault(sh, {})[ds] = m.group(1)
+    note = "; ".join(f"{sh}: " + ", ".join(f"{ds} {k}" for ds, k in sorted(per.items())) for sh, per in sizes.items())
+    return df.assign(model_label=short), (f"; parameters per dataset: {note}" if note else "")
 
 
 def _coverage_cell(cov: float, trained: bool) -> str:

@@ -147,6 +147,19 @@ def test_summary_is_split_per_dataset_when_the_records_span_several():
     assert tables["summary_cifar10"]["best"].loc["cifar10_top_half", "cond_nll_bpd: pixelcnnpp 462k raster/0"]
 
 
+def test_test_bpd_rows_are_shared_across_datasets_with_the_parameter_counts_in_the_caption():
+    from lmconv_bench.report import build_tables
+
+    rows = [_row(dataset=ds, task=f"{ds}_top_half", model_label=f"lmconv-small [s_curve] {k}", metric="test_bpd",
+                 value=v, context="unconditional") for ds, k, v in (("mnist", "468k", 1.1), ("cifar10", "469k", 4.3))]
+    t = {x["name"]: x for x in build_tables(pd.DataFrame(rows))}["test_bpd"]
+    assert list(t["display"].index) == ["lmconv-small [s_curve] s_curve/0"]  # one row, no dashes
+    assert t["values"].loc["lmconv-small [s_curve] s_curve/0"].to_dict() == {"cifar10": 4.3, "mnist": 1.1}
+    assert "lmconv-small [s_curve]: cifar10 469k, mnist 468k" in t["caption"]
+    one = {x["name"]: x for x in build_tables(pd.DataFrame(rows[:1]))}["test_bpd"]
+    assert list(one["display"].index) == ["lmconv-small [s_curve] 468k s_curve/0"]  # one dataset: label kept
+
+
 def test_published_figures_are_shown_only_beside_full_profile_records():
     from lmconv_bench.published import load_published, published_table
 
