@@ -39,11 +39,13 @@ dtype/device) is a :class:`ConvMask`, built by :func:`conv_mask` and cached by t
 + ``(H, W, k, dilation, type, device)``, so a network builds it once per order, not per layer
 call.
 
-Measured with ``lmconv-bench bench conv`` on 2 CPU cores (``bench-default``: 64 filters, batch
-16, MNIST 28×28×1), LMConv network time / the same network with plain ``conv2d``:
-train step 0.77 (s_curve), 1.06 (hilbert), 0.78 (raster); forward 0.92, 1.22, 0.95; peak
-training memory ≤ 1.05×. The unfold reference: 3.6× (train step) and 4.7× (forward). CIFAR-shaped
-32×32×3: 0.79 / 1.05 / 0.75 (train), 0.98 / 1.22 / 0.96 (forward), memory ≤ 1.02×.
+Measured with ``lmconv-bench bench conv`` on the idle 2-core CPU machine (``bench-default``: 64
+filters, batch 16), LMConv network time ÷ the same network with plain ``conv2d`` over all 9 taps
+(NCHW), medians of 5 interleaved rounds, s_curve / hilbert / raster. MNIST 28×28×1: train step
+1.01 / 1.40 / 1.00, forward 1.19 / 1.54 / 1.17; ÷ an unmasked conv over the same tap footprint
+(the masking overhead): train step 1.19 / 1.31 / 1.19. CIFAR-shaped 32×32×3 (``--shape cifar10``):
+train step 1.00 / 1.23 / 0.96, forward 1.10 / 1.34 / 1.05; same footprint 1.16 / 1.18 / 1.17. Peak
+training memory ≤ 1.10×. The unfold reference: 5.2× (MNIST) and 4.1× (CIFAR) a plain train step.
 
 Other blocks follow the official LMConv code (github ajayjain/lmconv, ``layers.py``) in structure
 and parameter names (``nin.lin_a.weight_g/weight_v/bias``, ``gated_resnet.conv_input``,
